@@ -1,0 +1,1 @@
+"""chargegate agent: a charge-point firmware core that runs unchanged on CPython and MicroPython."""

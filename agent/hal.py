@@ -1,0 +1,71 @@
+"""The agent's hardware abstraction layer: the only way the core reaches hardware.
+
+A port (CPython simulator, MicroPython device) provides one object with these methods. Everything is synchronous
+and non-blocking: the core polls it from `tick()`. Stay inside the CPython/MicroPython common subset: no typing
+imports at run time, no dataclasses, no f-string `=` specifiers.
+
+Pilot states follow IEC 61851-1: 'A' no vehicle, 'B' vehicle connected not requesting, 'C' requesting charge,
+'D' requesting with ventilation, 'E' no pilot / short, 'F' EVSE fault.
+"""
+
+
+class Hal:
+    """Base class of every port. Subclasses override all methods; the defaults describe the contract."""
+
+    # -- clock ------------------------------------------------------------------------------------------------
+    def ticks_ms(self):
+        """Monotonic milliseconds (int). Wraps are not expected within the agent's lifetime on CPython;
+        MicroPython ports return time.ticks_ms() extended to a non-wrapping counter."""
+        raise NotImplementedError
+
+    def wall_time(self):
+        """Wall-clock UNIX time in seconds (int or float), used for OCPP timestamps only."""
+        raise NotImplementedError
+
+    # -- per connector (connector ids are 1..n) ---------------------------------------------------------------
+    def pilot_state(self, connector_id):
+        """'A', 'B', 'C', 'D', 'E' or 'F'."""
+        raise NotImplementedError
+
+    def set_relay(self, connector_id, closed):
+        """Close (True) or open (False) the contactor feeding the connector."""
+        raise NotImplementedError
+
+    def set_current_limit(self, connector_id, amps):
+        """Offer at most `amps` per phase to the EV (the PWM duty cycle); 0 pauses charging."""
+        raise NotImplementedError
+
+    def meter_wh(self, connector_id):
+        """Cumulative imported energy register of the connector's meter, Wh (int)."""
+        raise NotImplementedError
+
+    def meter_power_w(self, connector_id):
+        """Present active power, W (float)."""
+        raise NotImplementedError
+
+    def lock_connector(self, connector_id, locked):
+        """Lock/unlock the cable; returns True when the lock reached the asked state."""
+        return True
+
+    def fault_code(self, connector_id):
+        """None, or an OCPP 1.6 ChargePointErrorCode string such as 'GroundFailure' when the connector is faulted."""
+        return None
+
+    # -- card reader ------------------------------------------------------------------------------------------
+    def read_card(self):
+        """One tap, already normalized to an idTag string, or None. Each tap is returned once (debounced)."""
+        raise NotImplementedError
+
+    # -- storage: small named blobs that survive a restart ----------------------------------------------------
+    def storage_read(self, name):
+        """bytes, or None when absent."""
+        raise NotImplementedError
+
+    def storage_write(self, name, data):
+        """Replace the blob atomically (write temp + rename, or equivalent on flash)."""
+        raise NotImplementedError
+
+    # -- system -----------------------------------------------------------------------------------------------
+    def reboot(self, hard):
+        """Restart the charger (the port decides what that means; a simulator restarts the core)."""
+        raise NotImplementedError

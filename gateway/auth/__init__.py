@@ -1,0 +1,1 @@
+"""Authorization of idTags: token store, decision logic, eMSP online requests, card readers."""

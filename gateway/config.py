@@ -1,0 +1,263 @@
+"""Site configuration: one TOML file, validated completely at start.
+
+Each section is a frozen dataclass. `load_config` walks the TOML tables against those dataclasses: an unknown key, a
+wrong type or a missing required value raises ConfigError naming the file, the dotted key and what is expected.
+Subsystems own their section's dataclass (gateway/uplink, gateway/meters, ...) and register it in SECTIONS below;
+the composition root reads `SiteConfig.sections[name]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from gateway.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SiteSection:
+    id: str = "site"
+    # Where the SQLite store and the control socket live; relative paths are relative to the config file.
+    data_dir: str = "data"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+@dataclass(frozen=True)
+class OcppSection:
+    host: str = "127.0.0.1"
+    port: int = 9000
+    # Sent in BootNotification.conf; chargers send Heartbeat at this interval (seconds).
+    heartbeat_interval: int = 300
+    # Default answer to BootNotification; a charger may override it. Pending chargers are retried after
+    # `pending_retry_interval` seconds and get Accepted once `accept_after_pending` is true.
+    boot_status: Literal["Accepted", "Pending", "Rejected"] = "Accepted"
+    pending_retry_interval: int = 10
+    # Cap on one websocket message a charger may send (bytes); larger frames close the connection (1009).
+    max_frame_bytes: int = 65536
+    # Cap on frames buffered per connection before the socket stops reading (backpressure).
+    max_queue: int = 32
+    # Dead-peer detection: websocket ping every `ping_interval` s, peer dropped if no pong within `ping_timeout`.
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    # How long the gateway waits for a charger's answer to a command (OCPP suggests 30 s).
+    call_timeout: float = 30.0
+    # Validate every inbound and outbound payload against the official OCPP 1.6 JSON schemas.
+    validate_schemas: bool = True
+    # TLS (security profile 2): both set => wss://
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+@dataclass(frozen=True)
+class ChargerSection:
+    id: str
+    # OCPP security profile 1: HTTP Basic auth, user = charge point id. Required, 16..40 chars as OCPP 1.6 asks.
+    password: str
+    connectors: int = 1
+    # Overrides [ocpp].boot_status for this charger.
+    boot_status: Literal["", "Accepted", "Pending", "Rejected"] = ""
+    # Rated maximum current per phase (A); load management never allocates more.
+    max_current: float = 32.0
+    phases: int = 3
+
+
+@dataclass(frozen=True)
+class AuthSection:
+    # Allow-list used until the token store decides (idTags compared case-insensitively).
+    allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ControlSection:
+    # Unix socket for `chargegate cmd` against a running gateway; relative to data_dir.
+    socket: str = "control.sock"
+
+
+# name -> (dataclass, is_array_of_tables)
+SECTIONS: dict[str, tuple[type[Any], bool]] = {
+    "site": (SiteSection, False),
+    "ocpp": (OcppSection, False),
+    "auth": (AuthSection, False),
+    "control": (ControlSection, False),
+    "chargers": (ChargerSection, True),
+}
+
+
+def register_section(name: str, cls: type[Any], array: bool = False) -> None:
+    """Let a subsystem add its own section (its dataclass lives in its own module)."""
+    SECTIONS[name] = (cls, array)
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    path: Path
+    site: SiteSection
+    ocpp: OcppSection
+    auth: AuthSection
+    control: ControlSection
+    chargers: tuple[ChargerSection, ...]
+    sections: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def data_dir(self) -> Path:
+        p = Path(self.site.data_dir)
+        return p if p.is_absolute() else (self.path.parent / p).resolve()
+
+    @property
+    def control_socket(self) -> Path:
+        p = Path(self.control.socket)
+        return p if p.is_absolute() else self.data_dir / p
+
+    def charger(self, charger_id: str) -> ChargerSection | None:
+        for c in self.chargers:
+            if c.id == charger_id:
+                return c
+        return None
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin is tuple:
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", type(None): "absent"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(file: str, key: str, tp: Any, value: Any) -> Any:
+    origin = get_origin(tp)
+    bad = ConfigError(file, key, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise bad
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise bad
+        inner = get_args(tp)[0]
+        return tuple(_coerce(file, f"{key}[{i}]", inner, v) for i, v in enumerate(value))
+    if origin in (types.UnionType, typing.Union):
+        for alt in get_args(tp):
+            try:
+                return _coerce(file, key, alt, value)
+            except ConfigError:
+                continue
+        raise bad
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            raise ConfigError(file, key, f"expected a table, got {value!r}")
+        return _build(file, key, tp, value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is bool or tp is str:
+        if not isinstance(value, tp):
+            raise bad
+        return value
+    if tp is dict or get_origin(tp) is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return value
+    raise ConfigError(file, key, f"unsupported type {tp!r} in schema")
+
+
+def _build(file: str, prefix: str, cls: type[Any], table: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for k in table:
+        if k not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(file, f"{prefix}.{k}", f"unknown key (known keys: {known})")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}"
+        if name in table:
+            kwargs[name] = _coerce(file, key, hints[name], table[name])
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(file, key, f"required, expected {_type_name(hints[name])}")
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if callable(check):
+        problem = check()
+        if problem:
+            raise ConfigError(file, prefix if "=" not in problem else prefix, problem)
+    return obj
+
+
+def _check_chargers(file: str, chargers: tuple[ChargerSection, ...]) -> None:
+    seen: set[str] = set()
+    for i, c in enumerate(chargers):
+        key = f"chargers[{i}]"
+        if not c.id or len(c.id) > 48 or "/" in c.id:
+            raise ConfigError(file, f"{key}.id", "expected a charge point id of 1..48 characters without '/'")
+        if c.id in seen:
+            raise ConfigError(file, f"{key}.id", f"duplicate charger id {c.id!r}; ids must be unique")
+        seen.add(c.id)
+        if not 16 <= len(c.password) <= 40:
+            raise ConfigError(
+                file,
+                f"{key}.password",
+                "expected 16..40 characters (OCPP 1.6 security profile 1 AuthorizationKey); "
+                "generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(24))'",
+            )
+        if not 1 <= c.connectors <= 16:
+            raise ConfigError(file, f"{key}.connectors", "expected 1..16")
+
+
+def parse_config(path: Path, data: dict[str, Any]) -> SiteConfig:
+    file = str(path)
+    for k in data:
+        if k not in SECTIONS:
+            raise ConfigError(file, k, f"unknown section (known sections: {', '.join(sorted(SECTIONS))})")
+    built: dict[str, Any] = {}
+    for name, (cls, array) in SECTIONS.items():
+        raw = data.get(name, [] if array else {})
+        if array:
+            if not isinstance(raw, list):
+                raise ConfigError(file, name, f"expected an array of tables ([[{name}]])")
+            built[name] = tuple(_build(file, f"{name}[{i}]", cls, t) for i, t in enumerate(raw))
+        else:
+            if not isinstance(raw, dict):
+                raise ConfigError(file, name, f"expected a table ([{name}])")
+            built[name] = _build(file, name, cls, raw)
+    _check_chargers(file, built["chargers"])
+    ocpp: OcppSection = built["ocpp"]
+    if not 0 <= ocpp.port <= 65535:
+        raise ConfigError(file, "ocpp.port", "expected 0..65535 (0 picks a free port)")
+    if bool(ocpp.tls_cert) != bool(ocpp.tls_key):
+        raise ConfigError(file, "ocpp.tls_cert", "tls_cert and tls_key must be set together")
+    return SiteConfig(
+        path=path.resolve(),
+        site=built["site"],
+        ocpp=ocpp,
+        auth=built["auth"],
+        control=built["control"],
+        chargers=built["chargers"],
+        sections=built,
+    )
+
+
+def load_config(path: str | Path) -> SiteConfig:
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(str(p), "-", f"cannot read the file ({e.strerror})") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(str(p), "-", f"not valid TOML: {e}") from None
+    return parse_config(p, data)

@@ -1,0 +1,313 @@
+"""SQLite store: WAL mode, versioned migrations, one writer thread with group commit.
+
+Every state change goes through `Store.write(fn)`: `fn(conn)` runs inside one SQLite transaction on the writer
+thread; the awaiting coroutine resumes only after COMMIT (with synchronous=FULL, after fsync). Operations that arrive
+while a commit is in flight are batched into the next transaction, each inside its own SAVEPOINT so one failing
+operation does not undo the others. This is how "persisted before the charger gets its answer" stays cheap at
+thousands of messages per second on an SD card.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.errors import StoreError
+
+T = TypeVar("T")
+
+# Most operations one group commit may carry; bounds the latency a burst adds to the first caller.
+_MAX_BATCH = 256
+
+MIGRATIONS: list[str] = [
+    # 1: walking skeleton
+    """
+    CREATE TABLE chargers (
+        id TEXT PRIMARY KEY,
+        vendor TEXT, model TEXT, serial TEXT, firmware TEXT,
+        boot_status TEXT,
+        first_seen REAL, last_boot REAL, last_seen REAL,
+        connected INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE connector_status (
+        charger_id TEXT NOT NULL, connector_id INTEGER NOT NULL,
+        status TEXT NOT NULL, error_code TEXT, info TEXT, vendor_error_code TEXT,
+        charger_ts TEXT, received_at REAL NOT NULL,
+        PRIMARY KEY (charger_id, connector_id)
+    );
+    CREATE TABLE status_history (
+        id INTEGER PRIMARY KEY,
+        charger_id TEXT NOT NULL, connector_id INTEGER NOT NULL,
+        status TEXT NOT NULL, error_code TEXT, info TEXT,
+        charger_ts TEXT, received_at REAL NOT NULL
+    );
+    CREATE INDEX status_history_by_charger ON status_history (charger_id, connector_id, id);
+    -- AUTOINCREMENT: a transactionId is never reused, even after rows are deleted.
+    CREATE TABLE transactions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        charger_id TEXT NOT NULL, connector_id INTEGER NOT NULL,
+        id_tag TEXT NOT NULL, parent_id_tag TEXT,
+        auth_status TEXT NOT NULL, auth_method TEXT,
+        reservation_id INTEGER,
+        meter_start INTEGER NOT NULL, start_ts TEXT NOT NULL, started_at REAL NOT NULL,
+        meter_stop INTEGER, stop_ts TEXT, stopped_at REAL, stop_reason TEXT, stop_id_tag TEXT,
+        energy_wh INTEGER,
+        state TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'stopped')),
+        start_key TEXT NOT NULL UNIQUE
+    );
+    CREATE INDEX transactions_by_state ON transactions (state, charger_id);
+    CREATE TABLE meter_samples (
+        id INTEGER PRIMARY KEY,
+        charger_id TEXT NOT NULL, connector_id INTEGER NOT NULL, transaction_id INTEGER,
+        charger_ts TEXT NOT NULL,
+        measurand TEXT NOT NULL, phase TEXT NOT NULL DEFAULT '', location TEXT NOT NULL DEFAULT '',
+        context TEXT NOT NULL DEFAULT '', unit TEXT, format TEXT,
+        value TEXT NOT NULL,
+        source TEXT NOT NULL,
+        received_at REAL NOT NULL
+    );
+    -- a resent MeterValues or StopTransaction.transactionData must not be counted twice
+    CREATE UNIQUE INDEX meter_samples_dedup ON meter_samples
+        (charger_id, connector_id, IFNULL(transaction_id, -1), charger_ts, measurand, phase, location, context);
+    -- the uplink's transactional outbox: seq is the idempotency key, strictly increasing, never reused
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        charger_id TEXT,
+        droppable INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        charger_ts TEXT,
+        body BLOB NOT NULL,
+        sent_at REAL
+    );
+    CREATE INDEX outbox_unsent ON outbox (seq) WHERE sent_at IS NULL;
+    """,
+]
+
+
+def _create_private_file(path: Path) -> None:
+    """Data files are created 0600 before SQLite opens them (SQLite itself would honour the umask)."""
+    if not path.exists():
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+
+
+def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+        # FULL: a commit survives a power cut, not only a process crash.
+        conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, migrations: list[str] = MIGRATIONS) -> int:
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > len(migrations):
+        raise StoreError(
+            f"database schema version {version} is newer than this chargegate ({len(migrations)}); upgrade chargegate"
+        )
+    for i in range(version, len(migrations)):
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _split_sql(migrations[i]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {i + 1}")
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            conn.execute("ROLLBACK")
+            raise StoreError(f"migration {i + 1} failed: {e}") from e
+    return len(migrations)
+
+
+# Subsystems (tokens, uplink, meters, ...) keep their own ordered migration lists, versioned apart from the core's
+# in the `component_versions` table, so each owns its schema without touching this file.
+COMPONENT_MIGRATIONS: dict[str, list[str]] = {}
+
+
+def register_migrations(component: str, migrations: list[str]) -> None:
+    COMPONENT_MIGRATIONS[component] = migrations
+
+
+def migrate_components(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS component_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+    for component, migrations in COMPONENT_MIGRATIONS.items():
+        row = conn.execute("SELECT version FROM component_versions WHERE component = ?", (component,)).fetchone()
+        version = int(row[0]) if row else 0
+        if version > len(migrations):
+            raise StoreError(f"{component} schema version {version} is newer than this chargegate; upgrade chargegate")
+        for i in range(version, len(migrations)):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for statement in _split_sql(migrations[i]):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO component_versions (component, version) VALUES (?, ?) "
+                    "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                    (component, i + 1),
+                )
+                conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                conn.execute("ROLLBACK")
+                raise StoreError(f"{component} migration {i + 1} failed: {e}") from e
+
+
+def _split_sql(script: str) -> list[str]:
+    out: list[str] = []
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        if line.strip().startswith("--"):
+            continue
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out
+
+
+class _Op:
+    __slots__ = ("fn", "future")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: Future[Any]) -> None:
+        self.fn = fn
+        self.future = future
+
+
+class Store:
+    """The gateway's durable state. Open with `Store.open(data_dir)`; close with `close()`."""
+
+    FILENAME = "chargegate.db"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._read_local = threading.local()
+        self.commits = 0
+        self.ops = 0
+
+    @classmethod
+    def open(cls, data_dir: Path) -> Store:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = data_dir / cls.FILENAME
+        _create_private_file(path)
+        store = cls(path)
+        try:
+            store._conn = connect(path)
+            migrate(store._conn)
+            migrate_components(store._conn)
+        except sqlite3.Error as e:
+            raise StoreError(f"{path}: cannot open the store: {e}") from e
+        for suffix in ("-wal", "-shm"):
+            side = Path(str(path) + suffix)
+            if side.exists():
+                os.chmod(side, 0o600)
+        store._thread = threading.Thread(target=store._writer, name="store-writer", daemon=True)
+        store._thread.start()
+        return store
+
+    # -- writes -----------------------------------------------------------------------------------------------
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
+        if self._thread is None:
+            raise StoreError("store is closed")
+        fut: Future[T] = Future()
+        self._queue.put(_Op(fn, fut))
+        return fut
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run fn(conn) in a write transaction; return its result once it is committed to disk."""
+        return await asyncio.wrap_future(self.submit(fn))
+
+    def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return self.submit(fn).result()
+
+    def _writer(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        while True:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            stop = False
+            while len(batch) < _MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            results: list[tuple[_Op, bool, Any]] = []
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for op in batch:
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        value = op.fn(conn)
+                    except BaseException as e:  # noqa: BLE001 - delivered to the caller
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                        results.append((op, False, e))
+                    else:
+                        conn.execute("RELEASE op")
+                        results.append((op, True, value))
+                conn.execute("COMMIT")
+                self.commits += 1
+                self.ops += len(batch)
+            except sqlite3.Error as e:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                err = StoreError(f"commit failed: {e}")
+                for op in batch:
+                    if not op.future.done():
+                        op.future.set_exception(err)
+                results = []
+            for op, ok, value in results:
+                if ok:
+                    op.future.set_result(value)
+                else:
+                    op.future.set_exception(value)
+            if stop:
+                break
+        conn.close()
+
+    # -- reads ------------------------------------------------------------------------------------------------
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run fn on this thread's own connection (WAL readers never block the writer). For CLI, demo and
+        reports; request handlers that need read-your-writes go through write()."""
+        conn = getattr(self._read_local, "conn", None)
+        if conn is None:
+            conn = connect(self.path)
+            self._read_local.conn = conn
+        return fn(conn)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        conn = getattr(self._read_local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._read_local.conn = None
