@@ -11,7 +11,9 @@ class ChargerCommands(Protocol):
         """Ids of chargers with a live connection."""
         ...
 
-    async def call(self, charger_id: str, action: str, payload: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    async def call(
+        self, charger_id: str, action: str, payload: dict[str, Any], timeout: float | None = None
+    ) -> dict[str, Any]:
         """Send an OCPP 1.6 CALL (camelCase payload, validated against the official schema) and return the
         CALLRESULT payload. Raises ChargerNotConnected, or CommandError for a CALLERROR, a timeout or an invalid
         request. Never call this from inside a message handler: schedule it as a task."""

@@ -128,7 +128,13 @@ def _type_name(tp: Any) -> str:
         return f"a list of {_type_name(get_args(tp)[0])}"
     if origin in (types.UnionType, typing.Union):
         return " or ".join(_type_name(a) for a in get_args(tp))
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", type(None): "absent"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        type(None): "absent",
+    }
     return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 
@@ -193,7 +199,7 @@ def _build(file: str, prefix: str, cls: type[Any], table: dict[str, Any]) -> Any
     if callable(check):
         problem = check()
         if problem:
-            raise ConfigError(file, prefix if "=" not in problem else prefix, problem)
+            raise ConfigError(file, prefix, problem)
     return obj
 
 

@@ -43,7 +43,14 @@ def emit(
     """Append one event to the outbox inside the caller's transaction; returns its sequence number."""
     cur = conn.execute(
         "INSERT INTO outbox (kind, charger_id, droppable, created_at, charger_ts, body) VALUES (?, ?, ?, ?, ?, ?)",
-        (kind, charger_id, 1 if droppable else 0, time.time() if now is None else now, charger_ts, cbor2.dumps(body)),
+        (
+            kind,
+            charger_id,
+            1 if droppable else 0,
+            time.time() if now is None else now,
+            charger_ts,
+            cbor2.dumps(body),
+        ),
     )
     seq = cur.lastrowid
     assert seq is not None

@@ -32,7 +32,7 @@ MIGRATIONS: list[str] = [
     CREATE TABLE chargers (
         id TEXT PRIMARY KEY,
         vendor TEXT, model TEXT, serial TEXT, firmware TEXT,
-        boot_status TEXT,
+        boot_status TEXT, diagnostics_status TEXT, firmware_status TEXT,
         first_seen REAL, last_boot REAL, last_seen REAL,
         connected INTEGER NOT NULL DEFAULT 0
     );
@@ -101,7 +101,9 @@ def _create_private_file(path: Path) -> None:
 
 def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+        )
     else:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
@@ -143,12 +145,18 @@ def register_migrations(component: str, migrations: list[str]) -> None:
 
 
 def migrate_components(conn: sqlite3.Connection) -> None:
-    conn.execute("CREATE TABLE IF NOT EXISTS component_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS component_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+    )
     for component, migrations in COMPONENT_MIGRATIONS.items():
-        row = conn.execute("SELECT version FROM component_versions WHERE component = ?", (component,)).fetchone()
+        row = conn.execute(
+            "SELECT version FROM component_versions WHERE component = ?", (component,)
+        ).fetchone()
         version = int(row[0]) if row else 0
         if version > len(migrations):
-            raise StoreError(f"{component} schema version {version} is newer than this chargegate; upgrade chargegate")
+            raise StoreError(
+                f"{component} schema version {version} is newer than this chargegate; upgrade chargegate"
+            )
         for i in range(version, len(migrations)):
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -263,7 +271,7 @@ class Store:
                     conn.execute("SAVEPOINT op")
                     try:
                         value = op.fn(conn)
-                    except BaseException as e:  # noqa: BLE001 - delivered to the caller
+                    except BaseException as e:
                         conn.execute("ROLLBACK TO op")
                         conn.execute("RELEASE op")
                         results.append((op, False, e))

@@ -1,0 +1,112 @@
+"""The composition root: builds the gateway's parts from a SiteConfig and runs them until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sqlite3
+from typing import Any
+
+from gateway.auth.allowlist import AllowListAuthorizer
+from gateway.config import SiteConfig
+from gateway.control import ControlServer
+from gateway.csms import Csms, CsmsHooks
+from gateway.errors import ChargegateError, CommandError
+from gateway.events import StatusBus
+from gateway.server import FrameTrace, OcppServer
+from gateway.store import Store
+
+log = logging.getLogger("chargegate")
+
+
+class Gateway:
+    def __init__(self, cfg: SiteConfig, on_frame: FrameTrace | None = None) -> None:
+        self.cfg = cfg
+        self.store = Store.open(cfg.data_dir)
+        self.status_bus = StatusBus()
+        self.hooks = CsmsHooks()
+        self.authorizer = AllowListAuthorizer(cfg.auth.allow)
+        self.csms = Csms(cfg, self.store, self.status_bus, self.authorizer, self.hooks)
+        self.server = OcppServer(cfg, self.csms, on_frame=on_frame)
+        self.control = ControlServer(cfg.control_socket)
+        self.control.register("call", self._op_call)
+        self.control.register("status", self._op_status)
+        self.control.register("ping", self._op_ping)
+        self._stop = asyncio.Event()
+
+    async def _op_call(self, req: dict[str, Any]) -> Any:
+        charger, action, payload = req["charger"], req["action"], req.get("payload", {})
+        if not isinstance(payload, dict):
+            raise CommandError("payload must be a JSON object")
+        timeout = req.get("timeout")
+        return await self.server.call(str(charger), str(action), payload, float(timeout) if timeout else None)
+
+    async def _op_ping(self, req: dict[str, Any]) -> Any:
+        return {"pong": True}
+
+    async def _op_status(self, req: dict[str, Any]) -> Any:
+        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            out = []
+            for c in self.cfg.chargers:
+                row = conn.execute("SELECT * FROM chargers WHERE id = ?", (c.id,)).fetchone()
+                conns = conn.execute(
+                    "SELECT connector_id, status, error_code FROM connector_status WHERE charger_id = ? "
+                    "ORDER BY connector_id",
+                    (c.id,),
+                ).fetchall()
+                out.append(
+                    {
+                        "id": c.id,
+                        "connected": c.id in self.server.connected(),
+                        "boot_status": row["boot_status"] if row else None,
+                        "connectors": [dict(r) for r in conns],
+                    }
+                )
+            return out
+
+        return {"chargers": await self.store.write(read), "ocpp": self.server.stats}
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, announce: bool = True) -> None:
+        # Nobody is connected to a gateway that has just started, whatever the last process wrote.
+        await self.store.write(lambda conn: conn.execute("UPDATE chargers SET connected = 0"))
+        await self.server.start()
+        await self.control.start()
+        info = {"pid": os.getpid(), "ocpp_url": self.server.url, "control_socket": str(self.control.path)}
+        state_file = self.cfg.data_dir / "gateway.json"
+        tmp = state_file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(info, f)
+        os.replace(tmp, state_file)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.stop)
+            except (NotImplementedError, RuntimeError):
+                pass
+        log.info("listening on %s (%d chargers configured)", self.server.url, len(self.cfg.chargers))
+        if announce:
+            print(f"chargegate: ready ocpp={self.server.url} control={self.control.path}", flush=True)
+        try:
+            await self._stop.wait()
+        finally:
+            log.info("stopping")
+            await self.control.close()
+            await self.server.close()
+            self.store.close()
+
+
+async def run_gateway(cfg: SiteConfig) -> int:
+    try:
+        gw = Gateway(cfg)
+    except ChargegateError as e:
+        log.error("%s", e)
+        return 2
+    await gw.run()
+    return 0

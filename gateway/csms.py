@@ -1,0 +1,550 @@
+"""Central-system behaviour for every Core-profile message a charger sends.
+
+Each handler takes the charger id and the validated camelCase payload and returns the response payload. Every state
+change and the uplink events it causes are written in ONE store operation (one SQLite transaction) before the handler
+returns, so the charger never gets an answer for something that is not on disk. Work that must talk back to the
+charger (local list sync, default charging profiles) is returned as `after` callbacks that the server runs as tasks
+once the answer is sent: a handler never issues a CALL itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from gateway import events
+from gateway.auth.allowlist import AuthDecision, Purpose
+from gateway.config import SiteConfig
+from gateway.events import ConnectorStatus, StatusBus
+from gateway.logutil import mask_token
+from gateway.store import Store
+
+log = logging.getLogger("chargegate.csms")
+
+AfterAction = Callable[[], Awaitable[None]]
+
+
+class Authorizer(Protocol):
+    async def decide(
+        self, charger_id: str, id_tag: str, *, purpose: Purpose, transaction_id: int | None = None
+    ) -> Any: ...
+
+    def record(
+        self, conn: sqlite3.Connection, decision: Any, *, transaction_id: int | None = None
+    ) -> None: ...
+
+
+class SessionRecordBuilder(Protocol):
+    def __call__(self, conn: sqlite3.Connection, transaction_id: int) -> dict[str, Any]: ...
+
+
+@dataclass
+class CsmsHooks:
+    """Subsystems that react to charger events. Called after the answer is on the wire, as tasks."""
+
+    charger_booted: list[Callable[[str], Awaitable[None]]] = field(default_factory=list)
+    transaction_started: list[Callable[[str, int, int], Awaitable[None]]] = field(default_factory=list)
+    transaction_stopped: list[Callable[[str, int, int], Awaitable[None]]] = field(default_factory=list)
+
+
+@dataclass
+class Reply:
+    payload: dict[str, Any]
+    after: list[AfterAction] = field(default_factory=list)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class ConnectionState:
+    """What the CSMS remembers about one live websocket (not persisted)."""
+
+    def __init__(self, charger_id: str, clock: Callable[[], float]) -> None:
+        self.charger_id = charger_id
+        self.pending_since: float | None = None
+        self.registration: str | None = None
+        self._clock = clock
+
+
+HANDLED_ACTIONS = frozenset(
+    {
+        "BootNotification",
+        "Heartbeat",
+        "StatusNotification",
+        "Authorize",
+        "StartTransaction",
+        "MeterValues",
+        "StopTransaction",
+        "DataTransfer",
+        "DiagnosticsStatusNotification",
+        "FirmwareStatusNotification",
+    }
+)
+
+
+def _minimal_session_record(conn: sqlite3.Connection, transaction_id: int) -> dict[str, Any]:
+    row = conn.execute("SELECT * FROM transactions WHERE id = ?", (transaction_id,)).fetchone()
+    return {k: row[k] for k in row.keys()} if row else {"id": transaction_id}
+
+
+class Csms:
+    def __init__(
+        self,
+        cfg: SiteConfig,
+        store: Store,
+        status_bus: StatusBus,
+        authorizer: Authorizer,
+        hooks: CsmsHooks | None = None,
+        session_record: SessionRecordBuilder | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.status_bus = status_bus
+        self.authorizer = authorizer
+        self.hooks = hooks or CsmsHooks()
+        self.session_record = session_record or _minimal_session_record
+        self.clock = clock
+        self.wall = wall
+        self._handlers: dict[str, Callable[[ConnectionState, dict[str, Any]], Awaitable[Reply]]] = {
+            "BootNotification": self.boot_notification,
+            "Heartbeat": self.heartbeat,
+            "StatusNotification": self.status_notification,
+            "Authorize": self.authorize,
+            "StartTransaction": self.start_transaction,
+            "MeterValues": self.meter_values,
+            "StopTransaction": self.stop_transaction,
+            "DataTransfer": self.data_transfer,
+            "DiagnosticsStatusNotification": self.diagnostics_status,
+            "FirmwareStatusNotification": self.firmware_status,
+        }
+
+    async def handle(self, conn_state: ConnectionState, action: str, payload: dict[str, Any]) -> Reply:
+        return await self._handlers[action](conn_state, payload)
+
+    # -- connection lifecycle ---------------------------------------------------------------------------------
+    async def charger_connected(self, charger_id: str) -> None:
+        now = self.wall()
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO chargers (id, first_seen, last_seen, connected) VALUES (?, ?, ?, 1) "
+                "ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, connected = 1",
+                (charger_id, now, now),
+            )
+            events.emit(
+                conn,
+                events.CHARGER_CONNECTION,
+                {"charger": charger_id, "online": True},
+                charger_id=charger_id,
+                now=now,
+            )
+
+        await self.store.write(op)
+        self.status_bus.publish_presence(charger_id, True)
+
+    async def charger_disconnected(self, charger_id: str) -> None:
+        now = self.wall()
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE chargers SET connected = 0, last_seen = ? WHERE id = ?", (now, charger_id))
+            events.emit(
+                conn,
+                events.CHARGER_CONNECTION,
+                {"charger": charger_id, "online": False},
+                charger_id=charger_id,
+                now=now,
+            )
+
+        await self.store.write(op)
+        self.status_bus.publish_presence(charger_id, False)
+
+    # -- Core profile -----------------------------------------------------------------------------------------
+    async def boot_notification(self, st: ConnectionState, p: dict[str, Any]) -> Reply:
+        charger = self.cfg.charger(st.charger_id)
+        configured = (
+            charger.boot_status if charger and charger.boot_status else ""
+        ) or self.cfg.ocpp.boot_status
+        status = configured
+        if configured == "Pending":
+            # Pending once per connection, then Accepted once the retry interval has passed: it lets an installer
+            # see a new charger arrive before it may start sessions.
+            now_m = self.clock()
+            if st.pending_since is None:
+                st.pending_since = now_m
+            elif now_m - st.pending_since >= self.cfg.ocpp.pending_retry_interval * 0.9:
+                status = "Accepted"
+        st.registration = status
+        interval = (
+            self.cfg.ocpp.heartbeat_interval if status == "Accepted" else self.cfg.ocpp.pending_retry_interval
+        )
+        now = self.wall()
+        cid = st.charger_id
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO chargers (id, vendor, model, serial, firmware, boot_status, first_seen, last_boot, "
+                "last_seen, connected) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (id) DO UPDATE SET "
+                "vendor = excluded.vendor, model = excluded.model, serial = excluded.serial, "
+                "firmware = excluded.firmware, boot_status = excluded.boot_status, last_boot = excluded.last_boot, "
+                "last_seen = excluded.last_seen, connected = 1",
+                (
+                    cid,
+                    p["chargePointVendor"],
+                    p["chargePointModel"],
+                    p.get("chargePointSerialNumber"),
+                    p.get("firmwareVersion"),
+                    status,
+                    now,
+                    now,
+                    now,
+                ),
+            )
+            events.emit(
+                conn,
+                events.CHARGER_BOOT,
+                {
+                    "charger": cid,
+                    "vendor": p["chargePointVendor"],
+                    "model": p["chargePointModel"],
+                    "serial": p.get("chargePointSerialNumber"),
+                    "firmware": p.get("firmwareVersion"),
+                    "status": status,
+                },
+                charger_id=cid,
+                now=now,
+            )
+
+        await self.store.write(op)
+        reply = Reply({"status": status, "currentTime": now_iso(), "interval": interval})
+        if status == "Accepted":
+            reply.after = [self._bind(h, cid) for h in self.hooks.charger_booted]
+        return reply
+
+    @staticmethod
+    def _bind(fn: Callable[..., Awaitable[None]], *args: Any) -> AfterAction:
+        async def run() -> None:
+            await fn(*args)
+
+        return run
+
+    async def heartbeat(self, st: ConnectionState, p: dict[str, Any]) -> Reply:
+        now = self.wall()
+        await self.store.write(
+            lambda conn: conn.execute("UPDATE chargers SET last_seen = ? WHERE id = ?", (now, st.charger_id))
+        )
+        return Reply({"currentTime": now_iso()})
+
+    async def status_notification(self, st: ConnectionState, p: dict[str, Any]) -> Reply:
+        now = self.wall()
+        cid = st.charger_id
+        connector = int(p["connectorId"])
+        status, error_code = p["status"], p["errorCode"]
+        info, vendor_error, ts = p.get("info"), p.get("vendorErrorCode"), p.get("timestamp")
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO connector_status (charger_id, connector_id, status, error_code, info, "
+                "vendor_error_code, charger_ts, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (charger_id, connector_id) DO UPDATE SET status = excluded.status, "
+                "error_code = excluded.error_code, info = excluded.info, "
+                "vendor_error_code = excluded.vendor_error_code, charger_ts = excluded.charger_ts, "
+                "received_at = excluded.received_at",
+                (cid, connector, status, error_code, info, vendor_error, ts, now),
+            )
+            conn.execute(
+                "INSERT INTO status_history (charger_id, connector_id, status, error_code, info, charger_ts, "
+                "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (cid, connector, status, error_code, info, ts, now),
+            )
+            if status == "Faulted" or error_code != "NoError":
+                events.emit(
+                    conn,
+                    events.CHARGER_FAULT,
+                    {
+                        "charger": cid,
+                        "connector": connector,
+                        "status": status,
+                        "error_code": error_code,
+                        "info": info,
+                        "vendor_error_code": vendor_error,
+                    },
+                    charger_id=cid,
+                    charger_ts=ts,
+                    now=now,
+                )
+
+        await self.store.write(op)
+        self.status_bus.publish_status(ConnectorStatus(cid, connector, status, error_code, info, ts, now))
+        return Reply({})
+
+    async def authorize(self, st: ConnectionState, p: dict[str, Any]) -> Reply:
+        id_tag = p["idTag"]
+        decision = await self.authorizer.decide(st.charger_id, id_tag, purpose="authorize")
+        await self.store.write(lambda conn: self.authorizer.record(conn, decision))
+        log.info(
+            "%s Authorize %s -> %s (%s)", st.charger_id, mask_token(id_tag), decision.status, decision.source
+        )
+        return Reply({"idTagInfo": decision.id_tag_info()})
+
+    async def start_transaction(self, st: ConnectionState, p: dict[str, Any]) -> Reply:
+        cid = st.charger_id
+        connector, id_tag = int(p["connectorId"]), p["idTag"]
+        meter_start, ts = int(p["meterStart"]), p["timestamp"]
+        # A charger whose answer was lost resends the very same request: it must get the same transactionId.
+        start_key = f"{cid}|{connector}|{id_tag}|{meter_start}|{ts}"
+        decision: AuthDecision = await self.authorizer.decide(cid, id_tag, purpose="start")
+        now = self.wall()
+
+        def op(conn: sqlite3.Connection) -> tuple[int, dict[str, Any], bool]:
+            row = conn.execute(
+                "SELECT id, auth_status, parent_id_tag FROM transactions WHERE start_key = ?", (start_key,)
+            ).fetchone()
+            if row is not None:
+                info = {"status": row["auth_status"]}
+                if row["parent_id_tag"]:
+                    info["parentIdTag"] = row["parent_id_tag"]
+                return int(row["id"]), info, False
+            cur = conn.execute(
+                "INSERT INTO transactions (charger_id, connector_id, id_tag, parent_id_tag, auth_status, "
+                "auth_method, reservation_id, meter_start, start_ts, started_at, start_key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    cid,
+                    connector,
+                    id_tag,
+                    decision.parent_id_tag,
+                    decision.status,
+                    decision.auth_method,
+                    p.get("reservationId"),
+                    meter_start,
+                    ts,
+                    now,
+                    start_key,
+                ),
+            )
+            tx_id = cur.lastrowid
+            assert tx_id is not None
+            self.authorizer.record(conn, decision, transaction_id=tx_id)
+            events.emit(
+                conn,
+                events.SESSION_STARTED,
+                {
+                    "tx": tx_id,
+                    "charger": cid,
+                    "connector": connector,
+                    "id_tag": id_tag,
+                    "meter_start_wh": meter_start,
+                    "start": ts,
+                    "auth_status": decision.status,
+                    "auth_method": decision.auth_method,
+                },
+                charger_id=cid,
+                charger_ts=ts,
+                now=now,
+            )
+            return tx_id, decision.id_tag_info(), True
+
+        tx_id, info, created = await self.store.write(op)
+        log.info(
+            "%s StartTransaction connector %d %s -> tx %d %s%s",
+            cid,
+            connector,
+            mask_token(id_tag),
+            tx_id,
+            info["status"],
+            "" if created else " (resent)",
+        )
+        reply = Reply({"transactionId": tx_id, "idTagInfo": info})
+        if created:
+            reply.after = [self._bind(h, cid, connector, tx_id) for h in self.hooks.transaction_started]
+        return reply
+
+    @staticmethod
+    def _insert_samples(
+        conn: sqlite3.Connection,
+        cid: str,
+        connector: int,
+        tx_id: int | None,
+        meter_values: list[dict[str, Any]],
+        source: str,
+        now: float,
+    ) -> list[dict[str, Any]]:
+        """Insert each sampled value once; returns the meterValue entries that had at least one new sample."""
+        fresh: list[dict[str, Any]] = []
+        for mv in meter_values:
+            ts = mv["timestamp"]
+            new_samples = []
+            for sv in mv["sampledValue"]:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO meter_samples (charger_id, connector_id, transaction_id, charger_ts, "
+                    "measurand, phase, location, context, unit, format, value, source, received_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        cid,
+                        connector,
+                        tx_id,
+                        ts,
+                        sv.get("measurand", "Energy.Active.Import.Register"),
+                        sv.get("phase", ""),
+                        sv.get("location", ""),
+                        sv.get("context", "Sample.Periodic"),
+                        sv.get("unit"),
+                        sv.get("format"),
+                        sv["value"],
+                        source,
+                        now,
+                    ),
+                )
+                if cur.rowcount:
+                    new_samples.append(sv)
+            if new_samples:
+                fresh.append({"timestamp": ts, "sampledValue": new_samples})
+        return fresh
+
+    async def meter_values(self, st: ConnectionState, p: dict[str, Any]) -> Reply:
+        cid = st.charger_id
+        connector = int(p["connectorId"])
+        tx_id = p.get("transactionId")
+        now = self.wall()
+
+        def op(conn: sqlite3.Connection) -> None:
+            fresh = self._insert_samples(conn, cid, connector, tx_id, p["meterValue"], "meter_values", now)
+            for mv in fresh:
+                events.emit(
+                    conn,
+                    events.METER_READING,
+                    {
+                        "tx": tx_id,
+                        "charger": cid,
+                        "connector": connector,
+                        "ts": mv["timestamp"],
+                        "samples": [_compact_sample(sv) for sv in mv["sampledValue"]],
+                    },
+                    charger_id=cid,
+                    charger_ts=mv["timestamp"],
+                    droppable=True,
+                    now=now,
+                )
+
+        await self.store.write(op)
+        return Reply({})
+
+    async def stop_transaction(self, st: ConnectionState, p: dict[str, Any]) -> Reply:
+        cid = st.charger_id
+        tx_id = int(p["transactionId"])
+        meter_stop, ts = int(p["meterStop"]), p["timestamp"]
+        reason = p.get("reason", "Local")
+        stop_tag = p.get("idTag")
+        decision: AuthDecision | None = None
+        if stop_tag is not None:
+            decision = await self.authorizer.decide(cid, stop_tag, purpose="stop", transaction_id=tx_id)
+        now = self.wall()
+
+        def op(conn: sqlite3.Connection) -> tuple[str, int | None]:
+            row = conn.execute("SELECT * FROM transactions WHERE id = ?", (tx_id,)).fetchone()
+            if row is None or row["charger_id"] != cid:
+                log.warning("%s StopTransaction for unknown transaction %d: recorded as orphan", cid, tx_id)
+                events.emit(
+                    conn,
+                    events.CHARGER_FAULT,
+                    {
+                        "charger": cid,
+                        "connector": None,
+                        "status": "OrphanStop",
+                        "error_code": "OtherError",
+                        "info": f"StopTransaction for unknown transactionId {tx_id}",
+                        "meter_stop_wh": meter_stop,
+                        "stop": ts,
+                        "reason": reason,
+                    },
+                    charger_id=cid,
+                    charger_ts=ts,
+                    now=now,
+                )
+                return "orphan", None
+            connector = int(row["connector_id"])
+            if row["state"] == "stopped":
+                return "resent", connector
+            energy = meter_stop - int(row["meter_start"])
+            conn.execute(
+                "UPDATE transactions SET meter_stop = ?, stop_ts = ?, stopped_at = ?, stop_reason = ?, "
+                "stop_id_tag = ?, energy_wh = ?, state = 'stopped' WHERE id = ?",
+                (meter_stop, ts, now, reason, stop_tag, energy, tx_id),
+            )
+            self._insert_samples(
+                conn, cid, connector, tx_id, p.get("transactionData", []), "stop_tx_data", now
+            )
+            if decision is not None:
+                self.authorizer.record(conn, decision, transaction_id=tx_id)
+            events.emit(
+                conn,
+                events.SESSION_STOPPED,
+                {
+                    "tx": tx_id,
+                    "charger": cid,
+                    "connector": connector,
+                    "meter_stop_wh": meter_stop,
+                    "energy_wh": energy,
+                    "stop": ts,
+                    "reason": reason,
+                    "id_tag": stop_tag,
+                },
+                charger_id=cid,
+                charger_ts=ts,
+                now=now,
+            )
+            events.emit(
+                conn,
+                events.SESSION_RECORD,
+                self.session_record(conn, tx_id),
+                charger_id=cid,
+                charger_ts=ts,
+                now=now,
+            )
+            return "stopped", connector
+
+        outcome, connector = await self.store.write(op)
+        log.info("%s StopTransaction tx %d (%s) -> %s", cid, tx_id, reason, outcome)
+        reply = Reply({"idTagInfo": decision.id_tag_info()} if decision is not None else {})
+        if outcome == "stopped" and connector is not None:
+            reply.after = [self._bind(h, cid, connector, tx_id) for h in self.hooks.transaction_stopped]
+        return reply
+
+    async def data_transfer(self, st: ConnectionState, p: dict[str, Any]) -> Reply:
+        log.info("%s DataTransfer from unknown vendor %r", st.charger_id, p["vendorId"][:64])
+        return Reply({"status": "UnknownVendorId"})
+
+    async def diagnostics_status(self, st: ConnectionState, p: dict[str, Any]) -> Reply:
+        await self._note_charger_status(st.charger_id, "diagnostics_status", p["status"])
+        return Reply({})
+
+    async def firmware_status(self, st: ConnectionState, p: dict[str, Any]) -> Reply:
+        await self._note_charger_status(st.charger_id, "firmware_status", p["status"])
+        return Reply({})
+
+    async def _note_charger_status(self, cid: str, column: str, status: str) -> None:
+        assert column in ("diagnostics_status", "firmware_status")
+        await self.store.write(
+            lambda conn: conn.execute(f"UPDATE chargers SET {column} = ? WHERE id = ?", (status, cid))
+        )
+
+
+def _compact_sample(sv: dict[str, Any]) -> list[Any]:
+    """[measurand, phase, location, unit, value, context, format] with defaults as empty strings."""
+    return [
+        sv.get("measurand", "Energy.Active.Import.Register"),
+        sv.get("phase", ""),
+        sv.get("location", ""),
+        sv.get("unit", ""),
+        sv["value"],
+        sv.get("context", ""),
+        sv.get("format", ""),
+    ]

@@ -1,0 +1,355 @@
+"""OCPP 1.6J websocket server: the thin I/O adapter around gateway.ocpp.framing and gateway.csms.
+
+Per connection, a reader task classifies every frame at once (so a charger's CALLRESULT is never stuck behind our
+own handler, the deadlock the `ocpp` library has when a handler issues a call), while a worker task answers the
+charger's CALLs one at a time in arrival order. Commands to chargers go through `call()` (the ChargerCommands API),
+one outstanding CALL per charger as OCPP-J requires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import logging
+import ssl
+import uuid
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from gateway.config import SiteConfig
+from gateway.csms import HANDLED_ACTIONS, ConnectionState, Csms
+from gateway.errors import ChargegateError, ChargerNotConnected, CommandError
+from gateway.logutil import RepeatFilter
+from gateway.ocpp import framing
+
+log = logging.getLogger("chargegate.ocpp")
+
+SUBPROTOCOL = "ocpp1.6"
+PATH_PREFIX = "/ocpp/"
+
+FrameTrace = Callable[[str, str, str], None]  # (charger_id, "rx"|"tx", text)
+
+
+class _Connection:
+    def __init__(
+        self, charger_id: str, ws: ServerConnection, max_queue: int, clock: Callable[[], float]
+    ) -> None:
+        self.charger_id = charger_id
+        self.ws = ws
+        self.state = ConnectionState(charger_id, clock)
+        # Bounded: a charger that floods CALLs without waiting for answers stalls its own socket, nobody else's.
+        self.inbox: asyncio.Queue[framing.InboundCall] = asyncio.Queue(maxsize=max_queue)
+        self.pending: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
+        self.call_lock = asyncio.Lock()
+        self.closed = False
+
+    def fail_pending(self, exc: Exception) -> None:
+        for _action, fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self.pending.clear()
+
+
+def _charger_id_from_path(path: str) -> str | None:
+    path = path.split("?", 1)[0]
+    if not path.startswith(PATH_PREFIX):
+        return None
+    cid = unquote(path[len(PATH_PREFIX) :])
+    if not cid or "/" in cid:
+        return None
+    return cid
+
+
+def _basic_credentials(headers: Headers) -> tuple[str, str] | None:
+    value = headers.get("Authorization")
+    if not value:
+        return None
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, sep, password = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (user, password) if sep else None
+
+
+class OcppServer:
+    """Implements gateway.commands.ChargerCommands."""
+
+    def __init__(
+        self,
+        cfg: SiteConfig,
+        csms: Csms,
+        on_frame: FrameTrace | None = None,
+        id_gen: Callable[[], str] = lambda: str(uuid.uuid4()),
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.csms = csms
+        self.on_frame = on_frame
+        self._ids = id_gen
+        self._clock = clock or (lambda: asyncio.get_running_loop().time())
+        self._conns: dict[str, _Connection] = {}
+        self._server: Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._passwords = {c.id: c.password for c in cfg.chargers}
+        self._quiet = RepeatFilter(log)
+        self.port = 0
+        self.stats = {"frames_in": 0, "frames_out": 0, "rejected": 0, "dropped": 0}
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+    async def start(self) -> int:
+        o = self.cfg.ocpp
+        ssl_ctx: ssl.SSLContext | None = None
+        if o.tls_cert:
+            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            base = self.cfg.path.parent
+            ssl_ctx.load_cert_chain(str(base / o.tls_cert), str(base / o.tls_key))
+        self._server = await serve(
+            self._handle,
+            o.host,
+            o.port,
+            process_request=self._process_request,
+            select_subprotocol=self._select_subprotocol,
+            max_size=o.max_frame_bytes,
+            max_queue=o.max_queue,
+            ping_interval=o.ping_interval,
+            ping_timeout=o.ping_timeout,
+            ssl=ssl_ctx,
+            server_header="chargegate",
+        )
+        sock = next(iter(self._server.sockets))
+        self.port = int(sock.getsockname()[1])
+        return self.port
+
+    @property
+    def url(self) -> str:
+        scheme = "wss" if self.cfg.ocpp.tls_cert else "ws"
+        return f"{scheme}://{self.cfg.ocpp.host}:{self.port}{PATH_PREFIX}"
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for t in list(self._tasks):
+            t.cancel()
+
+    # -- handshake --------------------------------------------------------------------------------------------
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        cid = _charger_id_from_path(request.path)
+        if cid is None or cid not in self._passwords:
+            self._quiet.log(
+                logging.WARNING,
+                f"404:{request.path[:80]}",
+                "refused unknown charge point path %r",
+                request.path[:80],
+            )
+            return connection.respond(HTTPStatus.NOT_FOUND, "Unknown charge point\n")
+        creds = _basic_credentials(request.headers)
+        expected = self._passwords[cid].encode()
+        if creds is None or creds[0] != cid or not hmac.compare_digest(creds[1].encode(), expected):
+            self._quiet.log(logging.WARNING, f"401:{cid}", "refused %s: missing or wrong credentials", cid)
+            response = connection.respond(HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
+            response.headers["WWW-Authenticate"] = 'Basic realm="chargegate", charset="UTF-8"'
+            return response
+        return None
+
+    @staticmethod
+    def _select_subprotocol(connection: ServerConnection, subprotocols: Any) -> Any:
+        return SUBPROTOCOL if SUBPROTOCOL in subprotocols else None
+
+    # -- per connection ---------------------------------------------------------------------------------------
+    async def _handle(self, ws: ServerConnection) -> None:
+        cid = _charger_id_from_path(ws.request.path if ws.request else "")
+        if cid is None:
+            await ws.close(1008, "bad path")
+            return
+        if ws.subprotocol != SUBPROTOCOL:
+            # OCPP-J §3.1.2: complete the handshake without a subprotocol, then close.
+            log.warning("%s connected without subprotocol %s: closing", cid, SUBPROTOCOL)
+            await ws.close(1002, f"subprotocol {SUBPROTOCOL} required")
+            return
+        old = self._conns.get(cid)
+        conn = _Connection(cid, ws, self.cfg.ocpp.max_queue, self._clock)
+        self._conns[cid] = conn
+        if old is not None:
+            log.info("%s reconnected: replacing its old connection", cid)
+            old.closed = True
+            old.fail_pending(ChargerNotConnected(f"{cid}: connection replaced"))
+            await old.ws.close(1000, "replaced by a new connection")
+        log.info("%s connected from %s", cid, ws.remote_address[0] if ws.remote_address else "?")
+        await self.csms.charger_connected(cid)
+        worker = asyncio.create_task(self._worker(conn), name=f"ocpp-worker-{cid}")
+        try:
+            await self._reader(conn)
+        finally:
+            conn.closed = True
+            worker.cancel()
+            conn.fail_pending(ChargerNotConnected(f"{cid}: disconnected"))
+            if self._conns.get(cid) is conn:
+                del self._conns[cid]
+                log.info("%s disconnected (%s)", cid, ws.close_code)
+                try:
+                    await self.csms.charger_disconnected(cid)
+                except ChargegateError as e:
+                    log.error("%s: could not record disconnect: %s", cid, e)
+
+    async def _reader(self, conn: _Connection) -> None:
+        validate = self.cfg.ocpp.validate_schemas
+        try:
+            async for text in conn.ws:
+                self.stats["frames_in"] += 1
+                if self.on_frame is not None:
+                    self.on_frame(conn.charger_id, "rx", text if isinstance(text, str) else repr(text))
+                parsed = framing.parse_frame(text, HANDLED_ACTIONS, validate)
+                if isinstance(parsed, framing.InboundCall):
+                    await conn.inbox.put(parsed)
+                elif isinstance(parsed, framing.InboundResult | framing.InboundError):
+                    self._resolve(conn, parsed)
+                elif isinstance(parsed, framing.Reject):
+                    self.stats["rejected"] += 1
+                    self._quiet.log(
+                        logging.WARNING,
+                        f"rej:{conn.charger_id}:{parsed.code}",
+                        "%s sent an invalid CALL %s: %s -> CALLERROR %s",
+                        conn.charger_id,
+                        parsed.unique_id,
+                        parsed.description,
+                        parsed.code,
+                    )
+                    await self._send(conn, parsed.frame())
+                else:
+                    self.stats["dropped"] += 1
+                    self._quiet.log(
+                        logging.WARNING,
+                        f"drop:{conn.charger_id}:{parsed.reason}",
+                        "%s: dropped a frame: %s",
+                        conn.charger_id,
+                        parsed.reason,
+                    )
+        except ConnectionClosed:
+            pass
+
+    async def _worker(self, conn: _Connection) -> None:
+        validate = self.cfg.ocpp.validate_schemas
+        while True:
+            msg = await conn.inbox.get()
+            try:
+                reply = await self.csms.handle(conn.state, msg.action, msg.payload)
+            except Exception as e:
+                log.exception("%s: %s handler failed", conn.charger_id, msg.action)
+                await self._send(
+                    conn, framing.call_error(msg.unique_id, "InternalError", f"{type(e).__name__}")
+                )
+                continue
+            if validate:
+                problem = framing.validate_payload(framing.CALLRESULT, msg.action, reply.payload)
+                if problem is not None:
+                    log.error(
+                        "%s: our %s answer fails its schema: %s", conn.charger_id, msg.action, problem[1]
+                    )
+                    await self._send(
+                        conn, framing.call_error(msg.unique_id, "InternalError", "invalid answer")
+                    )
+                    continue
+            try:
+                await self._send(conn, framing.call_result(msg.unique_id, reply.payload))
+            except ConnectionClosed:
+                return
+            for action in reply.after:
+                self._spawn(action(), f"after-{msg.action}-{conn.charger_id}")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("task %s failed: %r", name, t.exception())
+
+        task.add_done_callback(done)
+
+    async def _send(self, conn: _Connection, text: str) -> None:
+        if self.on_frame is not None:
+            self.on_frame(conn.charger_id, "tx", text)
+        self.stats["frames_out"] += 1
+        await conn.ws.send(text)
+
+    def _resolve(self, conn: _Connection, parsed: framing.InboundResult | framing.InboundError) -> None:
+        entry = conn.pending.get(parsed.unique_id)
+        if entry is None:
+            self._quiet.log(
+                logging.WARNING,
+                f"unk:{conn.charger_id}",
+                "%s answered unknown message id %r",
+                conn.charger_id,
+                parsed.unique_id,
+            )
+            return
+        action, fut = entry
+        if fut.done():
+            return
+        if isinstance(parsed, framing.InboundError):
+            fut.set_exception(
+                CommandError(
+                    f"{conn.charger_id} answered {action} with CALLERROR {parsed.code}: {parsed.description}"
+                )
+            )
+            return
+        if self.cfg.ocpp.validate_schemas:
+            problem = framing.validate_payload(framing.CALLRESULT, action, parsed.payload)
+            if problem is not None:
+                fut.set_exception(
+                    CommandError(
+                        f"{conn.charger_id} answered {action} with an invalid payload "
+                        f"({problem[0]}: {problem[1]})"
+                    )
+                )
+                return
+        fut.set_result(parsed.payload)
+
+    # -- ChargerCommands --------------------------------------------------------------------------------------
+    def connected(self) -> list[str]:
+        return sorted(self._conns)
+
+    async def call(
+        self, charger_id: str, action: str, payload: dict[str, Any], timeout: float | None = None
+    ) -> dict[str, Any]:
+        conn = self._conns.get(charger_id)
+        if conn is None or conn.closed:
+            raise ChargerNotConnected(f"charger {charger_id!r} is not connected")
+        if action not in framing.ACTIONS_16:
+            raise CommandError(f"{action!r} is not an OCPP 1.6 action")
+        problem = framing.validate_payload(framing.CALL, action, payload)
+        if problem is not None:
+            raise CommandError(f"invalid {action} payload ({problem[0]}: {problem[1]})")
+        wait = self.cfg.ocpp.call_timeout if timeout is None else timeout
+        async with conn.call_lock:  # OCPP-J: at most one outstanding CALL per direction
+            if conn.closed:
+                raise ChargerNotConnected(f"charger {charger_id!r} disconnected")
+            uid = self._ids()
+            fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            conn.pending[uid] = (action, fut)
+            try:
+                try:
+                    await self._send(conn, framing.call(uid, action, payload))
+                except ConnectionClosed as e:
+                    raise ChargerNotConnected(f"charger {charger_id!r} disconnected") from e
+                try:
+                    async with asyncio.timeout(wait):
+                        return await fut
+                except TimeoutError:
+                    raise CommandError(f"{charger_id} did not answer {action} within {wait:g} s") from None
+            finally:
+                conn.pending.pop(uid, None)
