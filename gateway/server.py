@@ -34,6 +34,9 @@ from gateway.ocpp import framing
 log = logging.getLogger("chargegate.ocpp")
 
 SUBPROTOCOL = "ocpp1.6"
+# After a failed ping or our close frame, a peer gets this long to finish the closing handshake before the TCP
+# connection is dropped: a dead charger answers nothing, and its id must become free for its reconnect quickly.
+CLOSE_TIMEOUT = 2.0
 PATH_PREFIX = "/ocpp/"
 
 FrameTrace = Callable[[str, str, str], None]  # (charger_id, "rx"|"tx", text)
@@ -125,6 +128,7 @@ class OcppServer:
             max_queue=o.max_queue,
             ping_interval=o.ping_interval,
             ping_timeout=o.ping_timeout,
+            close_timeout=CLOSE_TIMEOUT,
             ssl=ssl_ctx,
             server_header="chargegate",
         )
