@@ -29,10 +29,18 @@ def test_commands_build_valid_calls(command, args, connector, action):
     assert framing.validate_payload(framing.CALL, action, payload) is None
 
 
-@pytest.mark.parametrize(("command", "args"), [("reset", ["medium"]), ("unlock", []), ("nope", []),
-                                               ("raw", ["X", "{"]), ("availability", ["1", "maybe"])])
+@pytest.mark.parametrize(
+    ("command", "args"),
+    [
+        ("reset", ["medium"]),
+        ("unlock", []),
+        ("nope", []),
+        ("raw", ["X", "{"]),
+        ("availability", ["1", "maybe"]),
+    ],
+)
 def test_bad_command_words_are_refused(command, args):
-    with pytest.raises(ValueError, match="usage|unknown|JSON"):
+    with pytest.raises(ValueError, match=r"usage|unknown|JSON"):
         build_call(command, args, None)
 
 

@@ -47,7 +47,11 @@ def test_good_config(tmp_path):
         (GOOD.replace('"0123456789abcdef"', '"short"'), "chargers[0].password", "16..40"),
         (GOOD.replace("[ocpp]", '[ocpp]\nboot_status = "Maybe"'), "ocpp.boot_status", "one of"),
         (GOOD + '\n[[chargers]]\nid = "CP1"\npassword = "0123456789abcdef"\n', "chargers[1].id", "duplicate"),
-        (GOOD.replace("connectors = 2", "connectors = true"), "chargers[0].connectors", "expected an integer"),
+        (
+            GOOD.replace("connectors = 2", "connectors = true"),
+            "chargers[0].connectors",
+            "expected an integer",
+        ),
         ("[site\n", "-", "not valid TOML"),
     ],
 )

@@ -6,15 +6,32 @@ import pytest
 
 from gateway.csms import HANDLED_ACTIONS
 from gateway.ocpp import framing
-from gateway.ocpp.framing import ERROR_CODES_16, Drop, InboundCall, InboundError, InboundResult, Reject, parse_frame
+from gateway.ocpp.framing import (
+    ERROR_CODES_16,
+    Drop,
+    InboundCall,
+    InboundError,
+    InboundResult,
+    Reject,
+    parse_frame,
+)
 
 BOOT = {"chargePointVendor": "v", "chargePointModel": "m"}
 
 
 @pytest.mark.parametrize(
     "text",
-    ["not json", "{}", "[]", '"x"', "[2]", "[2, 17, \"Heartbeat\", {}]", "[2, \"\", \"Heartbeat\", {}]",
-     json.dumps([2, "x" * 37, "Heartbeat", {}]), b"[2,\"1\",\"Heartbeat\",{}]"],
+    [
+        "not json",
+        "{}",
+        "[]",
+        '"x"',
+        "[2]",
+        '[2, 17, "Heartbeat", {}]',
+        '[2, "", "Heartbeat", {}]',
+        json.dumps([2, "x" * 37, "Heartbeat", {}]),
+        b'[2,"1","Heartbeat",{}]',
+    ],
 )
 def test_frames_without_a_readable_id_are_dropped(text):
     assert isinstance(parse_frame(text, HANDLED_ACTIONS), Drop)
@@ -33,8 +50,10 @@ def test_frames_without_a_readable_id_are_dropped(text):
         ([2, "1", "BootNotification", {**BOOT, "chargePointVendor": 5}], "TypeConstraintViolation"),
         ([2, "1", "BootNotification", {**BOOT, "chargePointVendor": "v" * 21}], "TypeConstraintViolation"),
         ([2, "1", "BootNotification", {**BOOT, "extra": 1}], "FormationViolation"),
-        ([2, "1", "StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Sleeping"}],
-         "PropertyConstraintViolation"),
+        (
+            [2, "1", "StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Sleeping"}],
+            "PropertyConstraintViolation",
+        ),
         ([9, "1", "Heartbeat", {}], "ProtocolError"),
     ],
 )
@@ -52,28 +71,40 @@ def test_valid_call_result_and_error():
     assert parse_frame(json.dumps([2, "a", "BootNotification", BOOT]), HANDLED_ACTIONS) == InboundCall(
         "a", "BootNotification", BOOT
     )
-    assert parse_frame('[3,"b",{"status":"Accepted"}]', HANDLED_ACTIONS) == InboundResult("b", {"status": "Accepted"})
+    assert parse_frame('[3,"b",{"status":"Accepted"}]', HANDLED_ACTIONS) == InboundResult(
+        "b", {"status": "Accepted"}
+    )
     err = parse_frame('[4,"c","NotSupported","no",{}]', HANDLED_ACTIONS)
     assert err == InboundError("c", "NotSupported", "no", {})
 
 
 def test_validation_can_be_switched_off():
-    assert isinstance(parse_frame(json.dumps([2, "1", "BootNotification", {}]), HANDLED_ACTIONS, validate=False),
-                      InboundCall)
+    assert isinstance(
+        parse_frame(json.dumps([2, "1", "BootNotification", {}]), HANDLED_ACTIONS, validate=False),
+        InboundCall,
+    )
 
 
 def test_decimal_schemas_accept_one_decimal_limits():
     payload = {
         "connectorId": 1,
         "csChargingProfiles": {
-            "chargingProfileId": 1, "stackLevel": 0, "chargingProfilePurpose": "TxDefaultProfile",
+            "chargingProfileId": 1,
+            "stackLevel": 0,
+            "chargingProfilePurpose": "TxDefaultProfile",
             "chargingProfileKind": "Absolute",
-            "chargingSchedule": {"chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 21.4}]},
+            "chargingSchedule": {
+                "chargingRateUnit": "A",
+                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 21.4}],
+            },
         },
     }
     assert framing.validate_payload(framing.CALL, "SetChargingProfile", payload) is None
     payload["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"] = 21.45
-    assert framing.validate_payload(framing.CALL, "SetChargingProfile", payload)[0] == "PropertyConstraintViolation"
+    assert (
+        framing.validate_payload(framing.CALL, "SetChargingProfile", payload)[0]
+        == "PropertyConstraintViolation"
+    )
 
 
 def test_builders_roundtrip():

@@ -52,7 +52,9 @@ def test_concurrent_writes_are_group_committed_and_isolated(tmp_path):
         seqs = [r for r in results if isinstance(r, int)]
         assert len(seqs) == 51 and seqs == sorted(seqs)
         # the failing op's event was rolled back, the others committed
-        bodies = store.read(lambda c: [events.decode_body(r[0]) for r in c.execute("SELECT body FROM outbox")])
+        bodies = store.read(
+            lambda c: [events.decode_body(r[0]) for r in c.execute("SELECT body FROM outbox")]
+        )
         assert {"i": "bad"} not in bodies and len(bodies) == 51
         assert store.commits < 52  # batched
     finally:
