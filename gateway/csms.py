@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from gateway import events
 from gateway.auth.allowlist import AuthDecision, Purpose
 from gateway.config import SiteConfig
+from gateway.errors import ChargegateError
 from gateway.events import ConnectorStatus, StatusBus
 from gateway.logutil import mask_token
 from gateway.store import Store
@@ -41,6 +42,14 @@ class Authorizer(Protocol):
 
 class SessionRecordBuilder(Protocol):
     def __call__(self, conn: sqlite3.Connection, transaction_id: int) -> dict[str, Any]: ...
+
+
+class CallRefused(ChargegateError):
+    """A schema-valid CALL whose values make no sense for this charger: answered with a CALLERROR, nothing stored."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -127,7 +136,20 @@ class Csms:
         }
 
     async def handle(self, conn_state: ConnectionState, action: str, payload: dict[str, Any]) -> Reply:
+        if "connectorId" in payload:
+            self._check_connector(conn_state.charger_id, action, payload["connectorId"])
         return await self._handlers[action](conn_state, payload)
+
+    def _check_connector(self, charger_id: str, action: str, connector_id: int) -> None:
+        charger = self.cfg.charger(charger_id)
+        highest = charger.connectors if charger else 1
+        # connector 0 is the charge point itself: allowed where OCPP allows it, never for a transaction
+        lowest = 1 if action == "StartTransaction" else 0
+        if not lowest <= connector_id <= highest:
+            raise CallRefused(
+                "PropertyConstraintViolation",
+                f"connectorId {connector_id} out of range {lowest}..{highest} for {charger_id}",
+            )
 
     # -- connection lifecycle ---------------------------------------------------------------------------------
     async def charger_connected(self, charger_id: str) -> None:

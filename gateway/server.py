@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from gateway.config import SiteConfig
-from gateway.csms import HANDLED_ACTIONS, ConnectionState, Csms
+from gateway.csms import HANDLED_ACTIONS, CallRefused, ConnectionState, Csms
 from gateway.errors import ChargegateError, ChargerNotConnected, CommandError
 from gateway.logutil import RepeatFilter
 from gateway.ocpp import framing
@@ -252,6 +252,18 @@ class OcppServer:
             msg = await conn.inbox.get()
             try:
                 reply = await self.csms.handle(conn.state, msg.action, msg.payload)
+            except CallRefused as e:
+                self._quiet.log(
+                    logging.WARNING,
+                    f"refused:{conn.charger_id}:{e.code}",
+                    "%s %s refused: %s -> %s",
+                    conn.charger_id,
+                    msg.action,
+                    e,
+                    e.code,
+                )
+                await self._send(conn, framing.call_error(msg.unique_id, e.code, str(e)))
+                continue
             except Exception as e:
                 log.exception("%s: %s handler failed", conn.charger_id, msg.action)
                 await self._send(
@@ -337,6 +349,8 @@ class OcppServer:
             raise ChargerNotConnected(f"charger {charger_id!r} is not connected")
         if action not in framing.ACTIONS_16:
             raise CommandError(f"{action!r} is not an OCPP 1.6 action")
+        if action not in framing.CSMS_TO_CP_ACTIONS:
+            raise CommandError(f"{action} is sent by chargers, not to them")
         problem = framing.validate_payload(framing.CALL, action, payload)
         if problem is not None:
             raise CommandError(f"invalid {action} payload ({problem[0]}: {problem[1]})")

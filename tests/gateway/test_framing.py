@@ -112,3 +112,41 @@ def test_builders_roundtrip():
     assert json.loads(framing.call_result("u", {})) == [3, "u", {}]
     with pytest.raises(AssertionError):
         framing.call_error("u", "FormatViolation", "2.0.1 only")
+
+
+def test_integers_beyond_64_bits_are_a_type_violation_not_a_crash():
+    frame = json.dumps(
+        [
+            2,
+            "1",
+            "StartTransaction",
+            {"connectorId": 1, "idTag": "A", "meterStart": 2**70, "timestamp": "2026-11-21T10:00:00Z"},
+        ]
+    )
+    parsed = parse_frame(frame, HANDLED_ACTIONS)
+    assert isinstance(parsed, Reject) and parsed.code == "TypeConstraintViolation"
+
+
+@pytest.mark.parametrize(
+    "ts", ["2026-11-21T10:00:00Z", "2026-11-21T10:00:00.123456+01:00", "2026-11-21T10:00:00"]
+)
+def test_real_world_timestamps_pass(ts):
+    frame = json.dumps(
+        [2, "1", "StartTransaction", {"connectorId": 1, "idTag": "A", "meterStart": 0, "timestamp": ts}]
+    )
+    assert isinstance(parse_frame(frame, HANDLED_ACTIONS), InboundCall)
+
+
+def test_garbage_timestamp_is_a_type_violation():
+    frame = json.dumps([2, "1", "Heartbeat", {}])
+    assert isinstance(parse_frame(frame, HANDLED_ACTIONS), InboundCall)
+    frame = json.dumps(
+        [
+            2,
+            "1",
+            "StartTransaction",
+            {"connectorId": 1, "idTag": "A", "meterStart": 0, "timestamp": "not a date"},
+        ]
+    )
+    parsed = parse_frame(frame, HANDLED_ACTIONS)
+    assert isinstance(parsed, Reject) and parsed.code == "TypeConstraintViolation"
