@@ -13,59 +13,59 @@ class Hal:
     """Base class of every port. Subclasses override all methods; the defaults describe the contract."""
 
     # -- clock ------------------------------------------------------------------------------------------------
-    def ticks_ms(self):
+    def ticks_ms(self) -> int:
         """Monotonic milliseconds (int). Wraps are not expected within the agent's lifetime on CPython;
         MicroPython ports return time.ticks_ms() extended to a non-wrapping counter."""
         raise NotImplementedError
 
-    def wall_time(self):
+    def wall_time(self) -> float:
         """Wall-clock UNIX time in seconds (int or float), used for OCPP timestamps only."""
         raise NotImplementedError
 
     # -- per connector (connector ids are 1..n) ---------------------------------------------------------------
-    def pilot_state(self, connector_id):
+    def pilot_state(self, connector_id: int) -> str:
         """'A', 'B', 'C', 'D', 'E' or 'F'."""
         raise NotImplementedError
 
-    def set_relay(self, connector_id, closed):
+    def set_relay(self, connector_id: int, closed: bool) -> None:
         """Close (True) or open (False) the contactor feeding the connector."""
         raise NotImplementedError
 
-    def set_current_limit(self, connector_id, amps):
+    def set_current_limit(self, connector_id: int, amps: float) -> None:
         """Offer at most `amps` per phase to the EV (the PWM duty cycle); 0 pauses charging."""
         raise NotImplementedError
 
-    def meter_wh(self, connector_id):
+    def meter_wh(self, connector_id: int) -> int:
         """Cumulative imported energy register of the connector's meter, Wh (int)."""
         raise NotImplementedError
 
-    def meter_power_w(self, connector_id):
+    def meter_power_w(self, connector_id: int) -> float:
         """Present active power, W (float)."""
         raise NotImplementedError
 
-    def lock_connector(self, connector_id, locked):
+    def lock_connector(self, connector_id: int, locked: bool) -> bool:
         """Lock/unlock the cable; returns True when the lock reached the asked state."""
         return True
 
-    def fault_code(self, connector_id):
+    def fault_code(self, connector_id: int) -> "str | None":
         """None, or an OCPP 1.6 ChargePointErrorCode string such as 'GroundFailure' when the connector is faulted."""
         return None
 
     # -- card reader ------------------------------------------------------------------------------------------
-    def read_card(self):
+    def read_card(self) -> "str | None":
         """One tap, already normalized to an idTag string, or None. Each tap is returned once (debounced)."""
         raise NotImplementedError
 
     # -- storage: small named blobs that survive a restart ----------------------------------------------------
-    def storage_read(self, name):
+    def storage_read(self, name: str) -> "bytes | None":
         """bytes, or None when absent."""
         raise NotImplementedError
 
-    def storage_write(self, name, data):
+    def storage_write(self, name: str, data: bytes) -> None:
         """Replace the blob atomically (write temp + rename, or equivalent on flash)."""
         raise NotImplementedError
 
     # -- system -----------------------------------------------------------------------------------------------
-    def reboot(self, hard):
+    def reboot(self, hard: bool) -> None:
         """Restart the charger (the port decides what that means; a simulator restarts the core)."""
         raise NotImplementedError

@@ -1,0 +1,1152 @@
+"""The charge-point firmware core: OCPP 1.6J client logic, sans I/O.
+
+The port feeds it inbound frames (`receive`), connection events (`on_connected`/`on_disconnected`) and calls
+`tick()` periodically; the core polls the HAL, runs the connector state machines and timers, and leaves the
+frames to send in `outgoing()`. Runs unchanged on CPython and MicroPython (common subset only).
+
+Outbound CALLs go one at a time (OCPP-J: no new CALL before the previous one is answered or timed out).
+Two sources feed them, merged by sequence number: non-transaction messages (Authorize, Heartbeat,
+StatusNotification, ...; dropped while offline) and the persisted transaction-message queue (TxQueue).
+"""
+
+import json
+
+from agent import configkeys, connector, ocppj
+from agent.compat import const, is_int, iso_utc, mask_token
+from agent.localauth import LocalAuth, clean_id_tag_info, effective_status
+from agent.txqueue import METER, START, STOP, TxQueue
+
+try:
+    from typing import Any
+except ImportError:
+    pass
+
+try:
+    from agent.smartcharging import SmartCharging
+except ImportError:  # the core works without the SmartCharging profile (e.g. a flash-constrained build)
+    SmartCharging = None  # type: ignore[assignment,misc,unused-ignore]
+
+# An answer to our CALL that has not arrived after 30 s is considered lost (OCPP-J leaves the timeout to the
+# implementation; the gateway answers in milliseconds, 30 s covers a congested cellular link).
+CALL_TIMEOUT_MS = const(30000)
+# BootNotification retry when the gateway gives interval 0 with Pending/Rejected, or did not answer.
+BOOT_RETRY_DEFAULT_S = const(30)
+# After Reset.conf: wait at least this long so the answer leaves before the reboot...
+RESET_GRACE_MS = const(1000)
+# ...and at most this long for the StopTransactions to be delivered (they are persisted anyway).
+RESET_MAX_WAIT_MS = const(10000)
+# Cap on waiting non-transaction messages (StatusNotification bursts, triggered messages).
+MAX_DIRECT = const(32)
+# Cap on meter samples kept for StopTransaction.transactionData (first = Transaction.Begin is kept).
+MAX_TXN_DATA = const(16)
+# Cap on frames waiting in outgoing() (the port drains it every tick).
+MAX_OUTGOING = const(64)
+
+TX_STORAGE = "transactions"
+AVAIL_STORAGE = "availability"
+
+# Known 1.6 actions this charge point does not support (answered NotSupported, not NotImplemented).
+UNSUPPORTED_ACTIONS = ("GetDiagnostics", "UpdateFirmware", "ReserveNow", "CancelReservation")
+TRIGGERABLE = (
+    "BootNotification",
+    "DiagnosticsStatusNotification",
+    "FirmwareStatusNotification",
+    "Heartbeat",
+    "MeterValues",
+    "StatusNotification",
+)
+
+# Inbound payload specs: field -> (type, required, enum or max length or None)
+_I, _S, _B, _D, _L, _A = "int", "str", "bool", "dict[str, Any]", "list[Any]", "any"
+SPECS = {  # type: dict[str, dict[str, tuple[str, bool, Any]]]
+    "RemoteStartTransaction": {
+        "connectorId": (_I, False, None),
+        "idTag": (_S, True, 20),
+        "chargingProfile": (_D, False, None),
+    },
+    "RemoteStopTransaction": {"transactionId": (_I, True, None)},
+    "Reset": {"type": (_S, True, ("Hard", "Soft"))},
+    "UnlockConnector": {"connectorId": (_I, True, None)},
+    "ChangeAvailability": {"connectorId": (_I, True, None), "type": (_S, True, ("Inoperative", "Operative"))},
+    "GetConfiguration": {"key": (_L, False, None)},
+    "ChangeConfiguration": {"key": (_S, True, 50), "value": (_S, True, 500)},
+    "ClearCache": {},
+    "TriggerMessage": {"requestedMessage": (_S, True, TRIGGERABLE), "connectorId": (_I, False, None)},
+    "DataTransfer": {"vendorId": (_S, True, 255), "messageId": (_S, False, 50), "data": (_A, False, None)},
+    "GetLocalListVersion": {},
+    "SendLocalList": {
+        "listVersion": (_I, True, None),
+        "updateType": (_S, True, ("Differential", "Full")),
+        "localAuthorizationList": (_L, False, None),
+    },
+    "SetChargingProfile": {"connectorId": (_I, True, None), "csChargingProfiles": (_D, True, None)},
+    "ClearChargingProfile": {
+        "id": (_I, False, None),
+        "connectorId": (_I, False, None),
+        "chargingProfilePurpose": (_S, False, ("ChargePointMaxProfile", "TxDefaultProfile", "TxProfile")),
+        "stackLevel": (_I, False, None),
+    },
+    "GetCompositeSchedule": {
+        "connectorId": (_I, True, None),
+        "duration": (_I, True, None),
+        "chargingRateUnit": (_S, False, ("A", "W")),
+    },
+}
+
+
+def check_payload(payload: "dict[str, Any]", spec: "dict[str, Any]") -> "tuple[str, str] | None":
+    """(error code, description) when `payload` does not match `spec`, else None. Unknown fields are ignored."""
+    for name in spec:
+        kind, required, extra = spec[name]
+        if name not in payload:
+            if required:
+                return ocppj.OCCURENCE_CONSTRAINT_VIOLATION, "missing " + name
+            continue
+        v = payload[name]
+        ok = (
+            (kind == _I and is_int(v))
+            or (kind == _S and isinstance(v, str))
+            or (kind == _B and isinstance(v, bool))
+            or (kind == _D and isinstance(v, dict))
+            or (kind == _L and isinstance(v, list))
+            or kind == _A
+        )
+        if not ok:
+            return ocppj.TYPE_CONSTRAINT_VIOLATION, name + " must be " + kind
+        if kind == _S and extra is not None:
+            if isinstance(extra, tuple):
+                if v not in extra:
+                    return ocppj.PROPERTY_CONSTRAINT_VIOLATION, name + " has an unknown value"
+            elif len(v) > extra:
+                return ocppj.PROPERTY_CONSTRAINT_VIOLATION, name + " is too long"
+    return None
+
+
+def _valid_tx_record(tx: "Any") -> bool:
+    return (
+        isinstance(tx, dict)
+        and is_int(tx.get("local"))
+        and isinstance(tx.get("id_tag"), str)
+        and is_int(tx.get("meter_start"))
+        and isinstance(tx.get("data"), list)
+    )
+
+
+def _valid_start_answer(payload: "Any") -> bool:
+    return is_int(payload.get("transactionId")) and clean_id_tag_info(payload.get("idTagInfo")) is not None
+
+
+class AgentConfig:
+    def __init__(
+        self,
+        charge_point_id,
+        connectors=1,
+        vendor="chargegate",
+        model="agent-sim",
+        serial="",
+        firmware="0.1.0",
+        max_current_a=32,
+        voltage_v=230,
+        phases=3,
+    ):
+        # type: (str, int, str, str, str, str, int, int, int) -> None
+        self.charge_point_id = charge_point_id
+        self.connectors = connectors
+        self.vendor = vendor
+        self.model = model
+        self.serial = serial
+        self.firmware = firmware
+        self.max_current_a = max_current_a  # per phase, the connector's rating
+        self.voltage_v = voltage_v
+        self.phases = phases
+
+
+class _Connector:
+    def __init__(self, cid: int):
+        self.cid = cid
+        self.status = None  # type: str | None  # set in ChargePointCore.__init__, recomputed every tick
+        self.notified = None  # type: str | None  # last status sent in a StatusNotification
+        self.error_code = "NoError"
+        self.pilot = "A"
+        self.operative = True
+        self.tx = None  # type: dict[str, Any] | None  # persisted record of the running transaction
+        self.waiting = None  # type: dict[str, Any] | None  # {"id_tag", "deadline"}: authorized, waiting for the cable
+        self.authorizing = None  # type: str | None  # idTag with an Authorize in flight for this connector
+        self.remote_profile = None  # type: dict[str, Any] | None  # TxProfile from RemoteStartTransaction
+        self.relay = None  # type: bool | None
+        self.limit = None  # type: float | None
+        self.last_sample_ms = 0
+
+
+def _default_id_gen(seed: int) -> "Any":
+    state = [0]
+
+    def gen():  # type: () -> str
+        state[0] += 1
+        return str(seed) + "-" + str(state[0])
+
+    return gen
+
+
+class ChargePointCore:
+    def __init__(self, config: AgentConfig, hal: "Any", id_gen: "Any" = None):
+        self.config = config
+        self.hal = hal
+        self.registration_status = None  # type: str | None
+        # None, or True/False (hard/soft) once the core asked the HAL to reboot: the port then replaces the core
+        self.reboot_requested = None  # type: bool | None
+        self.log = None  # type: Any  # optional callable(str) set by the port
+        self._id_gen = id_gen if id_gen is not None else _default_id_gen(hal.ticks_ms() % 1000000)
+        self._out = []  # type: list[str]
+        self._connected = False
+        self._online = False  # connected and BootNotification accepted on this connection
+        self._boot_due = None  # type: int | None
+        self._inflight = None  # type: dict[str, Any] | None
+        self._direct = []  # type: list[dict[str, Any]]
+        self._last_call_ms = hal.ticks_ms()
+        self._reset = None  # type: dict[str, Any] | None
+        self._next_aligned = None  # type: float | None
+        self._cp_operative = True
+        # An id authorized on a multi-connector charger before any EV was plugged: the first connector that
+        # gets an EV takes it ({"id_tag", "deadline"}); `_floating_authorizing`: its Authorize is in flight.
+        self._floating = None  # type: dict[str, Any] | None
+        self._floating_authorizing = None  # type: str | None
+        self._floating_profile = None  # type: dict[str, Any] | None
+        self.cfg = configkeys.Configuration(hal, config.connectors)
+        self.queue = TxQueue(hal)
+        self.auth = LocalAuth(hal)
+        self.smart = SmartCharging(hal, config) if SmartCharging is not None else None
+        self.connectors = [_Connector(i + 1) for i in range(config.connectors)]
+        self._load_availability()
+        for c in self.connectors:
+            # a first answer for status() before the first tick (which computes the real one and notifies)
+            c.status = connector.AVAILABLE if c.operative and self._cp_operative else connector.UNAVAILABLE
+        self._recover_transactions()
+        self.queue.prune()
+
+    # ==================================================================================================
+    # public API (see /tmp/agent_api.md)
+    # ==================================================================================================
+    def on_connected(self) -> None:
+        self._connected = True
+        self._online = False
+        self._boot_due = self.hal.ticks_ms()
+        self._pump()
+
+    def on_disconnected(self) -> None:
+        self._connected = False
+        self._online = False
+        self._boot_due = None
+        inflight = self._inflight
+        self._inflight = None
+        if inflight is not None and inflight["source"] == "direct":
+            self._call_failed(inflight)
+        direct = self._direct
+        self._direct = []
+        for entry in direct:
+            self._call_failed(entry)
+
+    def receive(self, text: "Any") -> None:
+        try:
+            frame = ocppj.decode(text)
+        except ocppj.FrameError as e:
+            self._log("bad frame: " + e.description)
+            if e.unique_id is not None and e.is_call:
+                self._emit(ocppj.encode_error(e.unique_id, e.code, e.description))
+            return
+        if frame.kind == ocppj.CALL:
+            self._on_call(frame)
+        else:
+            self._on_answer(frame)
+        self._pump()
+
+    def tick(self) -> None:
+        now = self.hal.ticks_ms()
+        card = self.hal.read_card()
+        if card is not None:
+            self._on_card(card, now)
+        for c in self.connectors:
+            self._poll_connector(c, now)
+        self._timers(now)
+        self._pump()
+
+    def outgoing(self) -> "list[str]":
+        out = self._out
+        self._out = []
+        return out
+
+    def status(self, connector_id: int) -> "str | None":
+        if connector_id == 0:
+            return connector.AVAILABLE if self._cp_operative else connector.UNAVAILABLE
+        return self.connectors[connector_id - 1].status
+
+    def transaction_id(self, connector_id: int) -> "int | None":
+        tx = self.connectors[connector_id - 1].tx
+        if tx is None:
+            return None
+        real = self.queue.real_id(tx["local"])
+        return real if real is not None else tx["local"]
+
+    # ==================================================================================================
+    # persistence
+    # ==================================================================================================
+    def _load_availability(self) -> None:
+        raw = self.hal.storage_read(AVAIL_STORAGE)
+        if not raw:
+            return
+        try:
+            blob = json.loads(raw)
+            self._cp_operative = bool(blob.get("0", True))
+            for c in self.connectors:
+                c.operative = bool(blob.get(str(c.cid), True))
+        except (ValueError, AttributeError):
+            pass
+
+    def _save_availability(self) -> None:
+        blob = {"0": self._cp_operative}
+        for c in self.connectors:
+            blob[str(c.cid)] = c.operative
+        self.hal.storage_write(AVAIL_STORAGE, json.dumps(blob).encode())
+
+    def _save_transactions(self) -> None:
+        blob = {}
+        for c in self.connectors:
+            if c.tx is not None:
+                blob[str(c.cid)] = c.tx
+        self.hal.storage_write(TX_STORAGE, json.dumps(blob).encode())
+
+    def _recover_transactions(self) -> None:
+        """A transaction found in storage was interrupted by a power loss (Reset stops them before rebooting):
+        stop it now with reason PowerLoss so the gateway gets a complete record."""
+        raw = self.hal.storage_read(TX_STORAGE)
+        if not raw:
+            return
+        try:
+            blob = json.loads(raw)
+        except ValueError:
+            return
+        if not isinstance(blob, dict):
+            return
+        for c in self.connectors:
+            tx = blob.get(str(c.cid))
+            if _valid_tx_record(tx):
+                c.tx = tx
+                self._stop_tx(c, "PowerLoss", None)
+            elif tx is not None:
+                self._log("unusable transaction record on connector " + str(c.cid) + " dropped")
+        self._save_transactions()
+
+    # ==================================================================================================
+    # outbound CALLs
+    # ==================================================================================================
+    def _log(self, msg: str) -> None:
+        if self.log is not None:
+            self.log(msg)
+
+    def _emit(self, frame: str) -> None:
+        if len(self._out) >= MAX_OUTGOING:
+            self._out.pop(0)
+            self._log("outgoing overflow: oldest frame dropped")
+        self._out.append(frame)
+
+    def _send_direct(self, action: str, payload: "dict[str, Any]", ctx: "Any" = None) -> None:
+        """Queue a non-transaction CALL (sent when online, in sequence with the transaction queue)."""
+        entry = {
+            "action": action,
+            "payload": payload,
+            "ctx": ctx,
+            "seq": self.queue.next_seq(),
+            "source": "direct",
+        }
+        if action != "BootNotification" and not self._online:
+            self._call_failed(entry)
+            return
+        if len(self._direct) >= MAX_DIRECT:
+            # StatusNotifications are re-sent whole after every boot; the oldest waiting message goes first
+            self._call_failed(self._direct.pop(0))
+        self._direct.append(entry)
+
+    def _pump(self) -> None:
+        """Send the next CALL when nothing is in flight."""
+        if not self._connected or self._inflight is not None:
+            return
+        now = self.hal.ticks_ms()
+        if not self._online:
+            if self._boot_due is not None and now >= self._boot_due:
+                self._boot_due = None
+                self._start_call("BootNotification", self._boot_payload(), "direct", None, now)
+            return
+        head = self.queue.head()
+        while head is not None:
+            payload = self.queue.payload_for_send(head)
+            if payload is not None:
+                break
+            # its StartTransaction was given up: the gateway cannot place this message
+            self.queue.pop_head()
+            self.queue.discarded += 1
+            head = self.queue.head()
+        direct = self._direct[0] if self._direct else None
+        use_queue = head is not None and now >= head["not_before"]
+        if use_queue and direct is not None and head is not None and direct["seq"] < head["seq"]:
+            use_queue = False
+        if use_queue and head is not None:
+            self._start_call(head["action"], self.queue.payload_for_send(head) or {}, "queue", head, now)
+        elif direct is not None:
+            self._direct.pop(0)
+            self._start_call(direct["action"], direct["payload"], "direct", direct.get("ctx"), now)
+
+    def _start_call(self, action: str, payload: "dict[str, Any]", source: str, ctx: "Any", now: int) -> None:
+        uid = self._id_gen()
+        self._inflight = {"uid": uid, "action": action, "source": source, "ctx": ctx, "sent": now}
+        self._last_call_ms = now
+        self._emit(ocppj.encode_call(uid, action, payload))
+
+    def _on_answer(self, frame: "Any") -> None:
+        inflight = self._inflight
+        if inflight is None or frame.unique_id != inflight["uid"]:
+            self._log("answer to an unknown message id ignored")
+            return
+        self._inflight = None
+        now = self.hal.ticks_ms()
+        if frame.kind == ocppj.CALLERROR:
+            self._log("CALLERROR " + str(frame.error_code) + " for " + inflight["action"])
+            if inflight["source"] == "queue":
+                self._queue_failed(inflight["ctx"], now)
+            else:
+                self._call_failed(inflight)
+            return
+        handler = getattr(self, "_conf_" + inflight["action"], None)
+        if inflight["source"] == "queue":
+            entry = inflight["ctx"]  # type: dict[str, Any]
+            if entry is not self.queue.head():
+                return
+            if inflight["action"] == START and not _valid_start_answer(frame.payload):
+                # without a usable transactionId the transaction cannot be placed: count it as a failed attempt
+                self._log("bad StartTransaction answer")
+                self._queue_failed(entry, now)
+                return
+            self.queue.pop_head()
+            try:
+                if handler is not None:
+                    handler(frame.payload, entry)
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                self._log("bad " + inflight["action"] + " answer: " + repr(e))
+            return
+        try:
+            if handler is not None:
+                handler(frame.payload, inflight.get("ctx"))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            # a malformed answer counts as no answer (Boot retried later, Authorize decided offline)
+            self._log("bad " + inflight["action"] + " answer: " + repr(e))
+            self._call_failed(inflight)
+
+    def _queue_failed(self, entry: "dict[str, Any]", now: int) -> None:
+        """A transaction message was answered with CALLERROR: retry per TransactionMessageAttempts/RetryInterval."""
+        if entry is not self.queue.head():
+            return
+        entry["attempts"] += 1
+        if entry["attempts"] >= self.cfg.get("TransactionMessageAttempts"):
+            self.queue.pop_head()
+            self.queue.discarded += 1
+            self._log("giving up " + entry["action"] + " after " + str(entry["attempts"]) + " attempts")
+            if entry["action"] == START:
+                self.queue.drop_transaction(entry["tx"])
+            return
+        entry["not_before"] = now + self.cfg.get("TransactionMessageRetryInterval") * 1000 * entry["attempts"]
+        self.queue.save()
+
+    def _call_failed(self, entry: "dict[str, Any]") -> None:
+        """A non-transaction CALL could not be delivered (offline, CALLERROR, timeout)."""
+        action = entry["action"]
+        ctx = entry.get("ctx")
+        if action == "BootNotification" and self._connected and not self._online:
+            self._boot_due = self.hal.ticks_ms() + BOOT_RETRY_DEFAULT_S * 1000
+        elif action == "Authorize" and ctx is not None:
+            self._authorize_offline(ctx["cid"], ctx["id_tag"])
+
+    def _boot_payload(self) -> "dict[str, Any]":
+        p = {"chargePointVendor": self.config.vendor[:20], "chargePointModel": self.config.model[:20]}
+        if self.config.serial:
+            p["chargePointSerialNumber"] = self.config.serial[:25]
+        if self.config.firmware:
+            p["firmwareVersion"] = self.config.firmware[:50]
+        return p
+
+    # -- answers to our CALLs ---------------------------------------------------------------------------
+    def _conf_BootNotification(self, payload: "dict[str, Any]", ctx: "Any") -> None:
+        status = payload["status"]
+        interval = payload["interval"]
+        if status not in ("Accepted", "Pending", "Rejected") or not is_int(interval) or interval < 0:
+            raise ValueError("bad BootNotification.conf")
+        self.registration_status = status
+        if status == "Accepted":
+            if interval > 0 and interval != self.cfg.get("HeartbeatInterval"):
+                self.cfg.set("HeartbeatInterval", interval)
+            was_online = self._online
+            self._online = True
+            self._last_call_ms = self.hal.ticks_ms()
+            if not was_online:
+                for c in self.connectors:
+                    c.notified = None  # the gateway learns every status again after a boot
+                self._notify_status(0)
+        else:
+            self._online = False
+            wait_s = interval if interval > 0 else BOOT_RETRY_DEFAULT_S
+            self._boot_due = self.hal.ticks_ms() + wait_s * 1000
+
+    def _conf_Heartbeat(self, payload: "dict[str, Any]", ctx: "Any") -> None:
+        pass
+
+    def _conf_Authorize(self, payload: "dict[str, Any]", ctx: "Any") -> None:
+        info = clean_id_tag_info(payload.get("idTagInfo"))
+        if info is None:
+            raise ValueError("bad idTagInfo")
+        c = self._clear_authorizing(ctx["cid"])
+        self.auth.remember(ctx["id_tag"], info, self.cfg.get("AuthorizationCacheEnabled"))
+        if effective_status(info, self.hal.wall_time()) == "Accepted":
+            self._authorized(c, ctx["id_tag"])
+        else:
+            self._log("id " + mask_token(ctx["id_tag"]) + " not accepted: " + info["status"])
+
+    def _conf_StartTransaction(self, payload: "dict[str, Any]", entry: "dict[str, Any]") -> None:
+        local = entry["tx"]
+        real = payload["transactionId"]
+        if not is_int(real):
+            raise ValueError("transactionId must be an integer")
+        self.queue.resolve(local, real)
+        info = clean_id_tag_info(payload.get("idTagInfo"))
+        id_tag = entry["payload"]["idTag"]
+        if info is not None:
+            self.auth.remember(id_tag, info, self.cfg.get("AuthorizationCacheEnabled"))
+        for c in self.connectors:
+            if c.tx is not None and c.tx["local"] == local:
+                c.tx["id"] = real
+                if info is not None and info["status"] != "Accepted":
+                    if self.cfg.get("StopTransactionOnInvalidId"):
+                        self._stop_tx(c, "DeAuthorized", None)
+                        return
+                    c.tx["invalid"] = True  # keep the transaction, withhold energy (SuspendedEVSE)
+                self._save_transactions()
+        if not self._tx_alive(local):
+            self.queue.forget(local)
+
+    def _conf_StopTransaction(self, payload: "dict[str, Any]", entry: "dict[str, Any]") -> None:
+        id_tag = entry["payload"].get("idTag")
+        info = clean_id_tag_info(payload.get("idTagInfo"))
+        if id_tag is not None and info is not None:
+            self.auth.remember(id_tag, info, self.cfg.get("AuthorizationCacheEnabled"))
+        if entry["tx"] < 0 and not self._tx_alive(entry["tx"]):
+            self.queue.forget(entry["tx"])
+
+    def _tx_alive(self, local: int) -> bool:
+        for c in self.connectors:
+            if c.tx is not None and c.tx["local"] == local:
+                return True
+        return False
+
+    # ==================================================================================================
+    # inbound CALLs
+    # ==================================================================================================
+    def _on_call(self, frame: "Any") -> None:
+        action = frame.action
+        uid = frame.unique_id
+        spec = SPECS.get(action)
+        if spec is None:
+            if action in UNSUPPORTED_ACTIONS:
+                self._emit(ocppj.encode_error(uid, ocppj.NOT_SUPPORTED, action + " is not supported"))
+            else:
+                self._emit(ocppj.encode_error(uid, ocppj.NOT_IMPLEMENTED, "unknown action"))
+            return
+        problem = check_payload(frame.payload, spec)
+        if problem is not None:
+            self._emit(ocppj.encode_error(uid, problem[0], problem[1]))
+            return
+        handler = getattr(self, "_h_" + action)
+        try:
+            result = handler(frame.payload)
+        except ocppj.FrameError as e:
+            self._emit(ocppj.encode_error(uid, e.code, e.description))
+            return
+        except Exception as e:  # a bug must not kill the charger: answer InternalError
+            self._log("internal error in " + action + ": " + repr(e))
+            self._emit(ocppj.encode_error(uid, ocppj.INTERNAL_ERROR, "internal error"))
+            return
+        self._emit(ocppj.encode_result(uid, result[0]))
+        if len(result) > 1 and result[1] is not None:
+            result[1]()  # follow-up action that must come after the answer (e.g. a triggered message)
+
+    def _h_RemoteStartTransaction(self, p: "dict[str, Any]") -> "tuple[Any, ...]":
+        id_tag = p["idTag"]
+        cid = p.get("connectorId")
+        if cid is not None:
+            if cid < 1 or cid > len(self.connectors):
+                return ({"status": "Rejected"},)
+            c = self.connectors[cid - 1]  # type: _Connector | None
+            if c is not None and not self._can_start_on(c):
+                c = None
+            if c is None:
+                return ({"status": "Rejected"},)
+        else:
+            ok, c = self._target_for_new_id()
+            if not ok:
+                return ({"status": "Rejected"},)
+        if not self._cp_operative or not self.queue.can_start():
+            return ({"status": "Rejected"},)
+        profile = p.get("chargingProfile")
+        if profile is not None:
+            if self.smart is None or not self.smart.valid_remote_profile(profile):
+                return ({"status": "Rejected"},)
+            if c is None:
+                self._floating_profile = profile  # goes with the id to the connector that gets the EV
+            else:
+                c.remote_profile = profile
+        if self.cfg.get("AuthorizeRemoteTxRequests"):
+            self._authorize(c, id_tag)
+        else:
+            self._authorized(c, id_tag)
+        return ({"status": "Accepted"},)
+
+    def _h_RemoteStopTransaction(self, p: "dict[str, Any]") -> "tuple[Any, ...]":
+        for c in self.connectors:
+            if c.tx is not None and self.queue.real_id(c.tx["local"]) == p["transactionId"]:
+                self._stop_tx(c, "Remote", None)
+                return ({"status": "Accepted"},)
+        return ({"status": "Rejected"},)
+
+    def _h_Reset(self, p: "dict[str, Any]") -> "tuple[Any, ...]":
+        hard = p["type"] == "Hard"
+        reason = "HardReset" if hard else "SoftReset"
+        self._floating = None
+        for c in self.connectors:
+            c.waiting = None
+            if c.tx is not None:
+                self._stop_tx(c, reason, None)
+        self._reset = {"hard": hard, "at": self.hal.ticks_ms()}
+        return ({"status": "Accepted"},)
+
+    def _h_UnlockConnector(self, p: "dict[str, Any]") -> "tuple[Any, ...]":
+        cid = p["connectorId"]
+        if cid < 1 or cid > len(self.connectors):
+            return ({"status": "NotSupported"},)
+        c = self.connectors[cid - 1]
+        if c.tx is not None:
+            self._stop_tx(c, "UnlockCommand", None)
+        ok = self.hal.lock_connector(cid, False)
+        return ({"status": "Unlocked" if ok else "UnlockFailed"},)
+
+    def _h_ChangeAvailability(self, p: "dict[str, Any]") -> "tuple[Any, ...]":
+        cid = p["connectorId"]
+        operative = p["type"] == "Operative"
+        if cid < 0 or cid > len(self.connectors):
+            return ({"status": "Rejected"},)
+        targets = self.connectors if cid == 0 else [self.connectors[cid - 1]]
+        if cid == 0:
+            self._cp_operative = operative
+            if not operative:
+                self._floating = None
+        scheduled = False
+        for c in targets:
+            c.operative = operative
+            if not operative:
+                c.waiting = None
+                if c.tx is not None:
+                    scheduled = True  # applied by the state machine once the transaction ends
+        self._save_availability()
+        if cid == 0:
+            self._notify_status(0)
+        return ({"status": "Scheduled" if scheduled else "Accepted"},)
+
+    def _h_GetConfiguration(self, p: "dict[str, Any]") -> "tuple[Any, ...]":
+        keys = p.get("key")
+        if keys:
+            keys = keys[: self.cfg.get("GetConfigurationMaxKeys")]
+        known, unknown = self.cfg.describe(keys)
+        out = {"configurationKey": known}  # type: dict[str, Any]
+        if unknown:
+            out["unknownKey"] = unknown
+        return (out,)
+
+    def _h_ChangeConfiguration(self, p: "dict[str, Any]") -> "tuple[Any, ...]":
+        key = p["key"]
+        status = self.cfg.change(key, p["value"])
+        if status == configkeys.ACCEPTED and key == "ClockAlignedDataInterval":
+            self._next_aligned = None
+        return ({"status": status},)
+
+    def _h_ClearCache(self, p: "dict[str, Any]") -> "tuple[Any, ...]":
+        self.auth.clear_cache()
+        return ({"status": "Accepted"},)
+
+    def _h_DataTransfer(self, p: "dict[str, Any]") -> "tuple[Any, ...]":
+        return ({"status": "UnknownVendorId"},)
+
+    def _h_TriggerMessage(self, p: "dict[str, Any]") -> "tuple[Any, ...]":
+        what = p["requestedMessage"]
+        cid = p.get("connectorId")
+        if cid is not None and (cid < 0 or cid > len(self.connectors)):
+            return ({"status": "Rejected"},)
+        if what != "BootNotification" and not self._online:
+            return ({"status": "Rejected"},)
+
+        def follow_up():  # type: () -> None
+            if what == "BootNotification":
+                if self._online:
+                    self._send_direct("BootNotification", self._boot_payload())
+                elif self._connected:
+                    self._boot_due = self.hal.ticks_ms()
+            elif what == "Heartbeat":
+                self._send_direct("Heartbeat", {})
+            elif what == "DiagnosticsStatusNotification":
+                self._send_direct("DiagnosticsStatusNotification", {"status": "Idle"})
+            elif what == "FirmwareStatusNotification":
+                self._send_direct("FirmwareStatusNotification", {"status": "Idle"})
+            elif what == "StatusNotification":
+                if cid is None:
+                    for i in range(len(self.connectors) + 1):
+                        self._notify_status(i, True)
+                else:
+                    self._notify_status(cid, True)
+            elif what == "MeterValues":
+                for c in self.connectors:
+                    if cid is None or cid in (0, c.cid):
+                        self._send_triggered_meter_values(c)
+
+        return ({"status": "Accepted"}, follow_up)
+
+    def _h_GetLocalListVersion(self, p: "dict[str, Any]") -> "tuple[Any, ...]":
+        return ({"listVersion": self.auth.version(self.cfg.get("LocalAuthListEnabled"))},)
+
+    def _h_SendLocalList(self, p: "dict[str, Any]") -> "tuple[Any, ...]":
+        if p["listVersion"] < 0:
+            raise ocppj.FrameError(ocppj.PROPERTY_CONSTRAINT_VIOLATION, "listVersion must not be negative")
+        status = self.auth.apply_update(
+            p,
+            self.cfg.get("LocalAuthListEnabled"),
+            self.cfg.get("SendLocalListMaxLength"),
+            self.cfg.get("LocalAuthListMaxLength"),
+        )
+        return ({"status": status},)
+
+    def _h_SetChargingProfile(self, p: "dict[str, Any]") -> "tuple[Any, ...]":
+        if self.smart is None:
+            return ({"status": "NotSupported"},)
+        cid = p["connectorId"]
+        if cid < 0 or cid > len(self.connectors):
+            return ({"status": "Rejected"},)
+        tx = self.connectors[cid - 1].tx if cid > 0 else None
+        status = self.smart.set_profile(cid, p["csChargingProfiles"], tx, self.hal.wall_time())
+        return ({"status": status},)
+
+    def _h_ClearChargingProfile(self, p: "dict[str, Any]") -> "tuple[Any, ...]":
+        if self.smart is None:
+            return ({"status": "Unknown"},)
+        return ({"status": self.smart.clear(p)},)
+
+    def _h_GetCompositeSchedule(self, p: "dict[str, Any]") -> "tuple[Any, ...]":
+        cid = p["connectorId"]
+        if self.smart is None or cid < 0 or cid > len(self.connectors) or p["duration"] < 0:
+            return ({"status": "Rejected"},)
+        tx = self.connectors[cid - 1].tx if cid > 0 else None
+        sched = self.smart.composite(
+            cid,
+            p["duration"],
+            p.get("chargingRateUnit"),
+            self.hal.wall_time(),
+            tx,
+            float(self.config.max_current_a),
+        )
+        return (
+            {
+                "status": "Accepted",
+                "connectorId": cid,
+                "scheduleStart": sched["startSchedule"],
+                "chargingSchedule": sched,
+            },
+        )
+
+    # ==================================================================================================
+    # authorization
+    # ==================================================================================================
+    def _can_start_on(self, c: _Connector) -> bool:
+        return (
+            c.tx is None
+            and c.operative
+            and self._cp_operative
+            and c.status not in (connector.FAULTED, connector.UNAVAILABLE)
+            and c.authorizing is None
+        )
+
+    def _free_connector(self) -> "_Connector | None":
+        best = None
+        for c in self.connectors:
+            if not self._can_start_on(c) or c.waiting is not None:
+                continue
+            if c.pilot in connector.PLUGGED:
+                return c  # a plugged-in EV waiting for an id comes first
+            if best is None:
+                best = c
+        return best
+
+    def _on_card(self, id_tag: "Any", now: int) -> None:
+        if not isinstance(id_tag, str) or not id_tag or len(id_tag) > 20:
+            return
+        for c in self.connectors:
+            if c.tx is not None and c.tx["id_tag"] == id_tag:
+                self._stop_tx(c, "Local", id_tag)
+                return
+        group = self._group_of(id_tag)
+        if group is not None:
+            # §3.x: a card of the same group (parentIdTag) may stop the transaction, when known locally
+            for c in self.connectors:
+                if c.tx is not None and self._group_of(c.tx["id_tag"]) == group:
+                    self._stop_tx(c, "Local", id_tag)
+                    return
+        for c in self.connectors:
+            if c.waiting is not None and c.waiting["id_tag"] == id_tag:
+                c.waiting = None  # second tap before plugging in cancels
+                return
+            if c.authorizing == id_tag:
+                return  # an Authorize for this card is already under way
+        if self._floating is not None and self._floating["id_tag"] == id_tag:
+            self._floating = None
+            return
+        if self._floating_authorizing == id_tag:
+            return
+        ok, target = self._target_for_new_id()
+        if not ok:
+            self._log("card " + mask_token(id_tag) + " ignored: no free connector")
+            return
+        self._authorize(target, id_tag)
+
+    def _target_for_new_id(self) -> "tuple[bool, _Connector | None]":
+        """(False, None): no connector can start; (True, c): connector c; (True, None): several free
+        connectors and no EV plugged in yet, the first one plugged takes the id."""
+        free = self._free_connector()
+        if free is None:
+            return False, None
+        if free.pilot in connector.PLUGGED:
+            return True, free
+        n = 0
+        for c in self.connectors:
+            if self._can_start_on(c) and c.waiting is None:
+                n += 1
+        return True, (free if n == 1 else None)
+
+    def _group_of(self, id_tag: str) -> "str | None":
+        """parentIdTag of an id known as Accepted in the local list or cache, else None."""
+        info = self.auth.lookup(
+            id_tag, self.cfg.get("LocalAuthListEnabled"), self.cfg.get("AuthorizationCacheEnabled")
+        )
+        if info is None or effective_status(info, self.hal.wall_time()) != "Accepted":
+            return None
+        return info.get("parentIdTag")
+
+    def _authorize(self, c: "_Connector | None", id_tag: str) -> None:
+        cid = c.cid if c is not None else 0
+        if not self._online:
+            self._authorize_offline(cid, id_tag)
+            return
+        if self.cfg.get("LocalPreAuthorize"):
+            info = self.auth.lookup(
+                id_tag, self.cfg.get("LocalAuthListEnabled"), self.cfg.get("AuthorizationCacheEnabled")
+            )
+            if info is not None and effective_status(info, self.hal.wall_time()) == "Accepted":
+                self._authorized(c, id_tag)
+                return
+        if c is not None:
+            c.authorizing = id_tag
+        else:
+            self._floating_authorizing = id_tag
+        self._send_direct("Authorize", {"idTag": id_tag}, {"cid": cid, "id_tag": id_tag})
+
+    def _clear_authorizing(self, cid: int) -> "_Connector | None":
+        if cid == 0:
+            self._floating_authorizing = None
+            return None
+        c = self.connectors[cid - 1]
+        c.authorizing = None
+        return c
+
+    def _authorize_offline(self, cid: int, id_tag: str) -> None:
+        c = self._clear_authorizing(cid)
+        info = self.auth.lookup(
+            id_tag, self.cfg.get("LocalAuthListEnabled"), self.cfg.get("AuthorizationCacheEnabled")
+        )
+        if info is not None:
+            ok = (
+                self.cfg.get("LocalAuthorizeOffline")
+                and effective_status(info, self.hal.wall_time()) == "Accepted"
+            )
+        else:
+            ok = self.cfg.get("AllowOfflineTxForUnknownId")
+        if ok:
+            self._authorized(c, id_tag)
+        else:
+            self._log("id " + mask_token(id_tag) + " not authorized offline")
+
+    def _authorized(self, c: "_Connector | None", id_tag: str) -> None:
+        waiting = {
+            "id_tag": id_tag,
+            "deadline": self.hal.ticks_ms() + self.cfg.get("ConnectionTimeOut") * 1000,
+        }
+        if c is None:
+            self._floating = waiting
+            return
+        if not self._can_start_on(c):
+            return
+        c.waiting = waiting
+        if c.pilot in connector.PLUGGED:
+            self._start_tx(c, self.hal.ticks_ms())
+
+    # ==================================================================================================
+    # transactions
+    # ==================================================================================================
+    def _start_tx(self, c: _Connector, now: int) -> None:
+        waiting = c.waiting
+        c.waiting = None
+        if waiting is None:
+            return
+        if not self.queue.can_start():
+            self._log("transaction refused: offline queue full")
+            return
+        local = self.queue.new_local_id()
+        wall = self.hal.wall_time()
+        meter = int(self.hal.meter_wh(c.cid))
+        ts = iso_utc(wall)
+        c.tx = {
+            "local": local,
+            "id_tag": waiting["id_tag"],
+            "meter_start": meter,
+            "start": ts,
+            "start_wall": int(wall),
+            "data": [],
+        }
+        if self.cfg.get("StopTxnSampledData"):
+            c.tx["data"].append(
+                self._meter_value(c, self.cfg.get("StopTxnSampledData"), "Transaction.Begin", ts)
+            )
+        c.last_sample_ms = now
+        self._save_transactions()
+        self.hal.lock_connector(c.cid, True)
+        if c.remote_profile is not None and self.smart is not None:
+            self.smart.bind_remote_profile(c.cid, c.remote_profile, local, wall)
+        c.remote_profile = None
+        payload = {"connectorId": c.cid, "idTag": waiting["id_tag"], "meterStart": meter, "timestamp": ts}
+        self.queue.push(START, payload, local)
+        self._log(
+            "transaction " + str(local) + " started on " + str(c.cid) + " by " + mask_token(waiting["id_tag"])
+        )
+
+    def _stop_tx(self, c: _Connector, reason: str, id_tag: "str | None") -> None:
+        tx = c.tx
+        if tx is None:
+            return
+        ts = iso_utc(self.hal.wall_time())
+        meter = int(self.hal.meter_wh(c.cid))
+        if meter < tx["meter_start"]:
+            meter = tx["meter_start"]  # a meter swap/reset must not produce negative energy
+        payload = {"transactionId": tx["local"], "meterStop": meter, "timestamp": ts, "reason": reason}  # type: dict[str, Any]
+        if id_tag is not None:
+            payload["idTag"] = id_tag
+        measurands = self.cfg.get("StopTxnSampledData")
+        if measurands:
+            data = tx["data"]
+            data.append(self._meter_value(c, measurands, "Transaction.End", ts))
+            payload["transactionData"] = data
+        c.tx = None
+        self._set_relay(c, False)
+        self._save_transactions()
+        if self.smart is not None:
+            self.smart.transaction_ended(c.cid, tx["local"])
+        self.queue.push(STOP, payload, tx["local"])
+        if reason != "EVDisconnected" or self.cfg.get("UnlockConnectorOnEVSideDisconnect"):
+            self.hal.lock_connector(c.cid, False)
+        self._log("transaction " + str(tx["local"]) + " stopped: " + reason)
+
+    def _meter_value(self, c: _Connector, measurands: "list[Any]", context: str, ts: str) -> "dict[str, Any]":
+        sampled = []
+        for m in measurands:
+            sv = {"context": context, "measurand": m, "location": "Outlet"}
+            if m == "Energy.Active.Import.Register":
+                sv["value"] = str(int(self.hal.meter_wh(c.cid)))
+                sv["unit"] = "Wh"
+            elif m == "Power.Active.Import":
+                w = float(self.hal.meter_power_w(c.cid))
+                sv["value"] = f"{w:.1f}"
+                sv["unit"] = "W"
+            elif m == "Current.Offered":
+                amps = c.limit if c.limit is not None else 0
+                sv["value"] = f"{float(amps):.1f}"
+                sv["unit"] = "A"
+            else:
+                continue
+            sampled.append(sv)
+        return {"timestamp": ts, "sampledValue": sampled}
+
+    def _sample(
+        self, c: _Connector, context: str, measurands: "list[Any]", txn_measurands: "list[Any]"
+    ) -> None:
+        tx = c.tx
+        ts = iso_utc(self.hal.wall_time())
+        if measurands:
+            mv = self._meter_value(c, measurands, context, ts)
+            if tx is not None:
+                payload = {"connectorId": c.cid, "transactionId": tx["local"], "meterValue": [mv]}
+                self.queue.push(METER, payload, tx["local"])
+            elif self._online:
+                self._send_direct("MeterValues", {"connectorId": c.cid, "meterValue": [mv]})
+        if tx is not None and txn_measurands:
+            data = tx["data"]
+            data.append(self._meter_value(c, txn_measurands, context, ts))
+            if len(data) > MAX_TXN_DATA:
+                data.pop(1)  # keep Transaction.Begin
+            self._save_transactions()
+
+    def _send_triggered_meter_values(self, c: _Connector) -> None:
+        mv = self._meter_value(
+            c, self.cfg.get("MeterValuesSampledData"), "Trigger", iso_utc(self.hal.wall_time())
+        )
+        payload = {"connectorId": c.cid, "meterValue": [mv]}  # type: dict[str, Any]
+        if c.tx is not None:
+            real = self.queue.real_id(c.tx["local"])
+            if real is not None:
+                payload["transactionId"] = real
+        self._send_direct("MeterValues", payload)
+
+    # ==================================================================================================
+    # connectors, status, timers
+    # ==================================================================================================
+    def _set_relay(self, c: _Connector, closed: bool) -> None:
+        if c.relay != closed:
+            c.relay = closed
+            self.hal.set_relay(c.cid, closed)
+
+    def _limit_amps(self, c: _Connector) -> float:
+        limit = float(self.config.max_current_a)
+        if self.smart is not None:
+            sc = self.smart.limit_amps(c.cid, self.hal.wall_time(), c.tx)
+            if sc is not None and sc < limit:
+                limit = sc
+        return limit
+
+    def _poll_connector(self, c: _Connector, now: int) -> None:
+        pilot = self.hal.pilot_state(c.cid)
+        fault = self.hal.fault_code(c.cid)
+        c.pilot = pilot
+        if c.tx is not None and pilot == "A" and self.cfg.get("StopTransactionOnEVSideDisconnect"):
+            self._stop_tx(c, "EVDisconnected", None)
+        floating = self._floating
+        if floating is not None and c.waiting is None and pilot in connector.PLUGGED and fault is None:
+            if self._can_start_on(c):
+                c.waiting = floating
+                c.remote_profile = self._floating_profile
+                self._floating = None
+                self._floating_profile = None
+        if c.waiting is not None:
+            if pilot in connector.PLUGGED and fault is None and pilot not in connector.PILOT_FAULT:
+                self._start_tx(c, now)
+            elif now >= c.waiting["deadline"]:
+                self._log("connection timeout on connector " + str(c.cid))
+                c.waiting = None
+                c.remote_profile = None
+        limit = self._limit_amps(c)
+        if c.limit != limit:
+            c.limit = limit
+            self.hal.set_current_limit(c.cid, limit)
+        invalid = c.tx is not None and c.tx.get("invalid", False)
+        inputs = connector.ConnectorInputs(
+            pilot=pilot,
+            fault=fault,
+            operative=c.operative and self._cp_operative,
+            tx_active=c.tx is not None,
+            authorized_waiting=c.waiting is not None or c.authorizing is not None,
+            energy_offered=limit > 0 and not invalid,
+        )
+        new = connector.next_status(c.status or connector.AVAILABLE, inputs)
+        c.error_code = (
+            fault
+            if fault is not None
+            else ("EVCommunicationError" if pilot in connector.PILOT_FAULT else "NoError")
+        )
+        self._set_relay(c, new == connector.CHARGING)
+        if new != c.status:
+            c.status = new
+        if c.status != c.notified:
+            self._notify_status(c.cid)
+        # periodic sampling during a transaction
+        if c.tx is not None:
+            interval = self.cfg.get("MeterValueSampleInterval")
+            if interval > 0 and now - c.last_sample_ms >= interval * 1000:
+                c.last_sample_ms = now
+                self._sample(
+                    c,
+                    "Sample.Periodic",
+                    self.cfg.get("MeterValuesSampledData"),
+                    self.cfg.get("StopTxnSampledData"),
+                )
+
+    def _notify_status(self, cid: int, force: bool = False) -> None:
+        if not self._online:
+            return
+        if cid == 0:
+            status = self.status(0)
+            err = "NoError"
+        else:
+            c = self.connectors[cid - 1]
+            if c.status is None or (c.status == c.notified and not force):
+                return
+            c.notified = c.status
+            status = c.status
+            err = c.error_code
+        self._send_direct(
+            "StatusNotification",
+            {
+                "connectorId": cid,
+                "errorCode": err,
+                "status": status,
+                "timestamp": iso_utc(self.hal.wall_time()),
+            },
+        )
+
+    def _timers(self, now: int) -> None:
+        if self._floating is not None and now >= self._floating["deadline"]:
+            self._log("connection timeout: no EV plugged in")
+            self._floating = None
+            self._floating_profile = None
+        inflight = self._inflight
+        if inflight is not None and now - inflight["sent"] >= CALL_TIMEOUT_MS:
+            self._inflight = None
+            self._log(inflight["action"] + " answer timed out")
+            if inflight["source"] == "queue":
+                entry = inflight["ctx"]
+                entry["not_before"] = now + self.cfg.get("TransactionMessageRetryInterval") * 1000
+            else:
+                self._call_failed(inflight)
+        hb = self.cfg.get("HeartbeatInterval")
+        if self._online and hb > 0 and now - self._last_call_ms >= hb * 1000:
+            self._last_call_ms = now
+            self._send_direct("Heartbeat", {})
+        aligned = self.cfg.get("ClockAlignedDataInterval")
+        if aligned > 0:
+            wall = self.hal.wall_time()
+            if self._next_aligned is None:
+                self._next_aligned = (int(wall) // aligned + 1) * aligned
+            elif wall >= self._next_aligned:
+                self._next_aligned = (int(wall) // aligned + 1) * aligned
+                for c in self.connectors:
+                    self._sample(
+                        c,
+                        "Sample.Clock",
+                        self.cfg.get("MeterValuesAlignedData"),
+                        self.cfg.get("StopTxnAlignedData"),
+                    )
+        else:
+            self._next_aligned = None
+        reset = self._reset
+        if reset is not None and now - reset["at"] >= RESET_GRACE_MS:
+            delivered = len(self.queue) == 0 or not self._online
+            if delivered or now - reset["at"] >= RESET_MAX_WAIT_MS:
+                self._reset = None
+                self._log("rebooting (" + ("hard" if reset["hard"] else "soft") + " reset)")
+                self.reboot_requested = reset["hard"]
+                self.hal.reboot(reset["hard"])

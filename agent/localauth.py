@@ -1,0 +1,192 @@
+"""Local authorization (OCPP 1.6 §3.5): the Local Authorization List managed by the Central System and the
+Authorization Cache the charge point fills itself from Authorize/Start/StopTransaction answers.
+
+Both persist in HAL storage. The cache is bounded: when full, invalid entries are dropped first, then the
+least recently updated.
+"""
+
+import json
+
+from agent.compat import const, is_int, parse_iso
+
+try:
+    from typing import Any
+except ImportError:
+    pass
+
+LIST_STORAGE = "locallist"
+CACHE_STORAGE = "authcache"
+
+# Default authorization cache capacity (entries).
+CACHE_CAP = const(1000)
+# Longest idTag in OCPP 1.6 (IdToken = CiString20).
+MAX_ID_TAG = const(20)
+
+AUTH_STATUSES = ("Accepted", "Blocked", "Expired", "Invalid", "ConcurrentTx")
+
+
+def clean_id_tag_info(info: "Any") -> "dict[str, Any] | None":
+    """Validated copy of an idTagInfo object ({status, expiryDate?, parentIdTag?}), or None when invalid."""
+    if not isinstance(info, dict) or info.get("status") not in AUTH_STATUSES:
+        return None
+    out = {"status": info["status"]}
+    exp = info.get("expiryDate")
+    if exp is not None:
+        if parse_iso(exp) is None:
+            return None
+        out["expiryDate"] = exp
+    parent = info.get("parentIdTag")
+    if parent is not None:
+        if not isinstance(parent, str) or len(parent) > MAX_ID_TAG:
+            return None
+        out["parentIdTag"] = parent
+    return out
+
+
+def effective_status(info: "dict[str, Any]", now_wall: "float") -> str:
+    """The idTagInfo's status, turned into 'Expired' once its expiryDate has passed."""
+    exp = info.get("expiryDate")
+    if exp is not None:
+        t = parse_iso(exp)
+        if t is not None and t <= now_wall:
+            return "Expired"
+    status: str = info["status"]
+    return status
+
+
+class LocalAuth:
+    def __init__(self, hal: "Any", cache_cap: int = CACHE_CAP):
+        self._hal = hal
+        self.cache_cap = cache_cap
+        self.list_version = 0
+        self.entries = {}  # type: dict[str, dict[str, Any]]
+        self.cache = {}  # type: dict[str, dict[str, Any]]  # idTag -> {"info": idTagInfo, "t": update counter}
+        self._counter = 0
+        self._load()
+
+    def _load(self) -> None:
+        raw = self._hal.storage_read(LIST_STORAGE)
+        if raw:
+            try:
+                blob = json.loads(raw)
+                if isinstance(blob.get("entries"), dict) and is_int(blob.get("version")):
+                    self.entries = blob["entries"]
+                    self.list_version = blob["version"]
+            except (ValueError, AttributeError):
+                pass
+        raw = self._hal.storage_read(CACHE_STORAGE)
+        if raw:
+            try:
+                blob = json.loads(raw)
+                if isinstance(blob.get("cache"), dict) and is_int(blob.get("counter")):
+                    self.cache = blob["cache"]
+                    self._counter = blob["counter"]
+            except (ValueError, AttributeError):
+                pass
+
+    def _save_list(self) -> None:
+        blob = {"version": self.list_version, "entries": self.entries}
+        self._hal.storage_write(LIST_STORAGE, json.dumps(blob).encode())
+
+    def _save_cache(self) -> None:
+        self._hal.storage_write(
+            CACHE_STORAGE, json.dumps({"cache": self.cache, "counter": self._counter}).encode()
+        )
+
+    # -- lookups ----------------------------------------------------------------------------------------
+    def lookup(self, id_tag: str, list_enabled: bool, cache_enabled: bool) -> "dict[str, Any] | None":
+        """idTagInfo from the local list (first) or the cache; None when unknown."""
+        if list_enabled and id_tag in self.entries:
+            return self.entries[id_tag]
+        if cache_enabled and id_tag in self.cache:
+            found: dict[str, Any] = self.cache[id_tag]["info"]
+            return found
+        return None
+
+    # -- cache ------------------------------------------------------------------------------------------
+    def remember(self, id_tag: "Any", info: "Any", cache_enabled: bool) -> None:
+        """Update the cache from a Central System answer (never for ids in the local list, §3.5.1)."""
+        if not cache_enabled or not isinstance(id_tag, str) or id_tag in self.entries:
+            return
+        clean = clean_id_tag_info(info)
+        if clean is None:
+            return
+        self._counter += 1
+        if id_tag not in self.cache and len(self.cache) >= self.cache_cap:
+            self._evict()
+        self.cache[id_tag] = {"info": clean, "t": self._counter}
+        self._save_cache()
+
+    def _evict(self) -> None:
+        victim = None
+        victim_key = None
+        for tag in self.cache:
+            e = self.cache[tag]
+            key = (0 if e["info"]["status"] != "Accepted" else 1, e["t"])
+            if victim_key is None or key < victim_key:
+                victim, victim_key = tag, key
+        if victim is not None:
+            del self.cache[victim]
+
+    def clear_cache(self) -> None:
+        self.cache = {}
+        self._save_cache()
+
+    # -- local list -------------------------------------------------------------------------------------
+    def version(self, list_enabled: bool) -> int:
+        return self.list_version if list_enabled else -1
+
+    def apply_update(
+        self, payload: "dict[str, Any]", list_enabled: bool, max_update: int, max_total: int
+    ) -> str:
+        """SendLocalList: Accepted, Failed, NotSupported or VersionMismatch. Validated before any change."""
+        if not list_enabled:
+            return "NotSupported"
+        version = payload["listVersion"]
+        update_type = payload["updateType"]
+        items = payload.get("localAuthorizationList") or []
+        if not isinstance(items, list) or len(items) > max_update:
+            return "Failed"
+        changes = []
+        for item in items:
+            if not isinstance(item, dict):
+                return "Failed"
+            tag = item.get("idTag")
+            if not isinstance(tag, str) or not tag or len(tag) > MAX_ID_TAG:
+                return "Failed"
+            info = item.get("idTagInfo")
+            clean = None
+            if info is not None:
+                clean = clean_id_tag_info(info)
+                if clean is None:
+                    return "Failed"
+            elif update_type == "Full":
+                return "Failed"  # a full list entry must carry idTagInfo
+            changes.append((tag, clean))
+        if update_type == "Differential":
+            if version <= self.list_version:
+                return "VersionMismatch"
+            new_entries = {}
+            for k in self.entries:
+                new_entries[k] = self.entries[k]
+        else:
+            new_entries = {}
+        for tag, clean in changes:
+            if clean is None:
+                new_entries.pop(tag, None)
+            else:
+                new_entries[tag] = clean
+        if len(new_entries) > max_total:
+            return "Failed"
+        self.entries = new_entries
+        self.list_version = version
+        self._save_list()
+        # ids now managed by the list leave the cache (§3.5.1: the list takes precedence)
+        dirty = False
+        for tag in self.entries:
+            if tag in self.cache:
+                del self.cache[tag]
+                dirty = True
+        if dirty:
+            self._save_cache()
+        return "Accepted"
