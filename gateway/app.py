@@ -10,7 +10,8 @@ import signal
 import sqlite3
 from typing import Any
 
-from gateway.auth.allowlist import AllowListAuthorizer
+from gateway.auth.charger_lists import ChargerLists
+from gateway.auth.service import AuthService
 from gateway.config import SiteConfig
 from gateway.control import ControlServer
 from gateway.csms import Csms, CsmsHooks
@@ -28,9 +29,16 @@ class Gateway:
         self.store = Store.open(cfg.data_dir)
         self.status_bus = StatusBus()
         self.hooks = CsmsHooks()
-        self.authorizer = AllowListAuthorizer(cfg.auth.allow)
-        self.csms = Csms(cfg, self.store, self.status_bus, self.authorizer, self.hooks)
+        self.auth = AuthService(self.store, cfg.auth)
+        self.csms = Csms(cfg, self.store, self.status_bus, self.auth, self.hooks)
         self.server = OcppServer(cfg, self.csms, on_frame=on_frame)
+        self.auth.set_commands(self.server)
+        self.hooks.transaction_started.append(self.auth.hook_transaction_started)
+        self.hooks.transaction_stopped.append(self.auth.hook_transaction_stopped)
+        self.charger_lists: ChargerLists | None = None
+        if cfg.auth.sync_charger_lists:
+            self.charger_lists = ChargerLists(self.store, self.auth, self.server)
+            self.hooks.charger_booted.append(self.charger_lists.on_charger_booted)
         self.control = ControlServer(cfg.control_socket)
         self.control.register("call", self._op_call)
         self.control.register("status", self._op_status)
@@ -75,6 +83,7 @@ class Gateway:
     async def run(self, announce: bool = True) -> None:
         # Nobody is connected to a gateway that has just started, whatever the last process wrote.
         await self.store.write(lambda conn: conn.execute("UPDATE chargers SET connected = 0"))
+        await self.auth.start()
         await self.server.start()
         await self.control.start()
         info = {"pid": os.getpid(), "ocpp_url": self.server.url, "control_socket": str(self.control.path)}
@@ -98,6 +107,9 @@ class Gateway:
         finally:
             log.info("stopping")
             await self.control.close()
+            if self.charger_lists is not None:
+                await self.charger_lists.close()
+            await self.auth.close()
             await self.server.close()
             self.store.close()
 

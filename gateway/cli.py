@@ -95,11 +95,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.app import run_gateway
 
     cfg = load_config(args.config)
-    logging.basicConfig(
-        level=args.log_level or cfg.site.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    level = args.log_level or cfg.site.log_level
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # The websockets library logs HTTP headers (the Basic credentials) and whole frames (full token UIDs) at DEBUG:
+    # never below INFO, whatever the site's level. Our own loggers mask tokens and never print secrets.
+    logging.getLogger("websockets").setLevel(max(logging.INFO, logging.getLevelName(level)))
     return asyncio.run(run_gateway(cfg))
 
 
@@ -186,6 +186,10 @@ def make_parser() -> argparse.ArgumentParser:
     where.add_argument("--config")
     where.add_argument("--socket")
     st.set_defaults(func=cmd_status)
+
+    from gateway.auth.cli import add_subparser as add_tokens_subparser
+
+    add_tokens_subparser(sub)
 
     for name, module, helptext in (
         ("demo", "firmware_sim.demo", "run a simulated site against a real gateway"),

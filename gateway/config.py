@@ -66,10 +66,7 @@ class ChargerSection:
     phases: int = 3
 
 
-@dataclass(frozen=True)
-class AuthSection:
-    # Allow-list used until the token store decides (idTags compared case-insensitively).
-    allow: tuple[str, ...] = ()
+from gateway.auth.settings import AuthSection  # noqa: E402  (the [auth] section is owned by gateway/auth)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from gateway import events
-from gateway.auth.allowlist import AuthDecision, Purpose
+from gateway.auth.decision import AuthDecision, Purpose
 from gateway.config import SiteConfig
 from gateway.errors import ChargegateError
 from gateway.events import ConnectorStatus, StatusBus

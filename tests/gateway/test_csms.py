@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway import events
-from gateway.auth.allowlist import AllowListAuthorizer
+from gateway.auth.service import AuthService
 from gateway.config import parse_config
 from gateway.csms import ConnectionState, Csms, CsmsHooks
 from gateway.events import StatusBus
@@ -50,13 +50,23 @@ def env(tmp_path: Path):
         booted.append(cid)
 
     hooks.charger_booted.append(on_boot)
-    csms = Csms(cfg, store, bus, AllowListAuthorizer(cfg.auth.allow), hooks, clock=clock)
+    auth = AuthService(store, cfg.auth)
+    csms = Csms(cfg, store, bus, auth, hooks, clock=clock)
+    loop = asyncio.new_event_loop()
+    _loop.append(loop)
+    loop.run_until_complete(auth.start())  # stores the config's allow-list as manual tokens
     yield csms, store, clock, statuses, booted
+    loop.run_until_complete(auth.close())
+    loop.close()
+    _loop.clear()
     store.close()
 
 
+_loop: list[asyncio.AbstractEventLoop] = []
+
+
 def run(coro):
-    return asyncio.run(coro)
+    return _loop[0].run_until_complete(coro)
 
 
 def outbox(store: Store) -> list[tuple[str, dict]]:

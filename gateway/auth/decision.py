@@ -1,0 +1,323 @@
+"""The authorization decision: pure code, no I/O, the clock passed in.
+
+`evaluate(request, facts, policy, now, emsp=NOT_ASKED)` returns either a final `AuthDecision`, or `ASK_EMSP` when
+the answer depends on the eMSP; the caller (gateway/auth/service.py) then asks it within the budget and calls
+`evaluate` again with the answer (or None when none came). Order:
+
+1. the local list (eMSP list + manual tokens): a hit answers at once. When both hold the token, the most restrictive
+   wins (Blocked > Expired > Invalid > Accepted), so an operator can block an eMSP card but not un-block one.
+2. with `local_pre_authorize`, a fresh cached Accepted answers at once.
+3. the eMSP, when reachable.
+4. the authorization cache: a fresh (within TTL) Accepted, or a negative answer of any age.
+5. the offline policy for tokens known to nobody.
+
+A token's expiry date always wins over an Accepted status. For a stop, the session's own token and any Accepted
+token of the same parent group (OCPP 1.6 parentIdTag) may stop it; the offline policy never lets an unknown token
+stop someone else's session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from gateway.auth.emsp import EmspAuthAnswer
+from gateway.auth.tokens import TokenStatus, format_expiry
+
+DecisionStatus = Literal["Accepted", "Blocked", "Expired", "Invalid", "ConcurrentTx"]
+Source = Literal["local_list", "manual", "cache", "emsp", "offline_policy", "session"]
+AuthMethod = Literal["WHITELIST", "AUTH_CACHE", "AUTH_REQUEST", "OFFLINE_UNKNOWN", "SESSION_TOKEN"]
+Purpose = Literal[
+    "authorize", "start", "stop", "recheck"
+]  # recheck: a later eMSP check of an offline-policy session
+PolicyMode = Literal["reject", "accept", "accept_limited"]
+
+# Most restrictive first: when two local sources disagree, the higher rank wins.
+_RANK: Final[dict[str, int]] = {"Accepted": 0, "Invalid": 1, "Expired": 2, "Blocked": 3, "ConcurrentTx": 1}
+
+
+@dataclass(frozen=True, slots=True)
+class LocalEntry:
+    """A token as one local source (the eMSP list or the manual tokens) holds it."""
+
+    id: str
+    status: TokenStatus
+    expiry: float | None
+    parent_id: str | None
+    chargers: tuple[str, ...] | None
+    source: Literal["local_list", "manual"]
+    list_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    id: str
+    status: DecisionStatus
+    expiry: float | None
+    parent_id: str | None
+    cached_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Caps of a session accepted under the offline policy `accept_limited` (None = no cap)."""
+
+    max_kwh: float | None
+    max_minutes: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    offline: PolicyMode = "reject"
+    limited_max_kwh: float = 10.0  # 0 = no cap
+    limited_max_minutes: float = 120.0  # 0 = no cap
+    limited_max_concurrent: int = 2
+    cache_ttl_s: float = 86400.0
+    local_pre_authorize: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    charger_id: str
+    id_tag: str  # normalized
+    purpose: Purpose
+    transaction_id: int | None = None
+    # For a stop: the session's start token and its parent group (None when the session is unknown).
+    session_id_tag: str | None = None
+    session_parent_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the store knows about the token at decision time."""
+
+    local: tuple[LocalEntry, ...] = ()
+    cache: CacheEntry | None = None
+    emsp_reachable: bool = False
+    limited_active: int = 0  # accept_limited sessions active on the site
+
+
+@dataclass(frozen=True, slots=True)
+class AuthDecision:
+    charger_id: str
+    id_tag: str
+    purpose: Purpose
+    status: DecisionStatus
+    expiry_date: str | None  # ISO 8601 UTC, as OCPP idTagInfo.expiryDate
+    parent_id_tag: str | None
+    source: Source
+    auth_method: AuthMethod
+    reason: str
+    latency_ms: float = 0.0
+    limits: Limits | None = None
+    decided_at: float = 0.0  # wall clock, UNIX seconds
+    transaction_id: int | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == "Accepted"
+
+    def id_tag_info(self) -> dict[str, str]:
+        """The OCPP 1.6 idTagInfo object for Authorize.conf / StartTransaction.conf / StopTransaction.conf."""
+        info: dict[str, str] = {"status": self.status}
+        if self.expiry_date is not None:
+            info["expiryDate"] = self.expiry_date
+        if self.parent_id_tag is not None:
+            info["parentIdTag"] = self.parent_id_tag
+        return info
+
+
+class _AskEmsp:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ASK_EMSP"
+
+
+class _NotAsked:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NOT_ASKED"
+
+
+ASK_EMSP: Final = _AskEmsp()
+NOT_ASKED: Final = _NotAsked()
+EmspResult = EmspAuthAnswer | None | _NotAsked
+
+
+def effective_status(status: str, expiry: float | None, now: float) -> str:
+    """Accepted turns Expired once the expiry date has passed; other statuses stay."""
+    if status == "Accepted" and expiry is not None and expiry <= now:
+        return "Expired"
+    return status
+
+
+def merge_local(entries: tuple[LocalEntry, ...], charger_id: str, now: float) -> tuple[LocalEntry, str, str]:
+    """The deciding local entry, its effective status at this charger, and why. Requires entries non-empty."""
+    best: tuple[int, LocalEntry, str, str] | None = None
+    for e in entries:
+        status = effective_status(e.status, e.expiry, now)
+        why = {
+            "Accepted": "listed Accepted",
+            "Blocked": "listed Blocked",
+            "Expired": "listed Expired" if e.status == "Expired" else "expiry date passed",
+            "Invalid": "listed Invalid",
+        }[status]
+        if status == "Accepted" and e.chargers is not None and charger_id not in e.chargers:
+            status, why = "Invalid", "not valid at this charger"
+        rank = _RANK[status]
+        # ties: the eMSP list speaks before a manual entry
+        if best is None or rank > best[0] or (rank == best[0] and e.source == "local_list"):
+            best = (rank, e, status, why)
+    assert best is not None
+    return best[1], best[2], best[3]
+
+
+def _decision(
+    req: Request,
+    status: str,
+    expiry: float | None,
+    parent: str | None,
+    source: Source,
+    method: AuthMethod,
+    reason: str,
+    now: float,
+    limits: Limits | None = None,
+) -> AuthDecision:
+    return AuthDecision(
+        charger_id=req.charger_id,
+        id_tag=req.id_tag,
+        purpose=req.purpose,
+        status=status,  # type: ignore[arg-type]
+        expiry_date=format_expiry(expiry),
+        parent_id_tag=parent,
+        source=source,
+        auth_method=method,
+        reason=reason,
+        limits=limits,
+        decided_at=now,
+        transaction_id=req.transaction_id,
+    )
+
+
+def _stop_verdict(req: Request, d: AuthDecision) -> AuthDecision:
+    """Turn the token's own verdict into the answer to 'may this token stop that session'."""
+    if d.status != "Accepted":
+        return d
+    if d.source == "offline_policy":
+        return _with(d, "Invalid", "unknown token cannot stop another token's session")
+    if d.parent_id_tag is not None and d.parent_id_tag == req.session_parent_id:
+        return _with(d, "Accepted", "same parent group as the session's token")
+    return _with(d, "Invalid", "not the session's token nor of its parent group")
+
+
+def _with(d: AuthDecision, status: str, reason: str) -> AuthDecision:
+    from dataclasses import replace
+
+    return replace(d, status=status, reason=reason, limits=None)  # type: ignore[arg-type]
+
+
+def evaluate(
+    req: Request, facts: Facts, policy: Policy, now: float, emsp: EmspResult = NOT_ASKED
+) -> AuthDecision | _AskEmsp:
+    """One decision step (see the module docstring). `now` is wall-clock UNIX seconds (expiry dates are wall time)."""
+    if req.purpose == "stop" and req.session_id_tag is not None:
+        if req.id_tag == req.session_id_tag:
+            return _decision(
+                req,
+                "Accepted",
+                None,
+                req.session_parent_id,
+                "session",
+                "SESSION_TOKEN",
+                "the session's own token",
+                now,
+            )
+        d = _token_verdict(req, facts, policy, now, emsp)
+        return d if isinstance(d, _AskEmsp) else _stop_verdict(req, d)
+    return _token_verdict(req, facts, policy, now, emsp)
+
+
+def _token_verdict(
+    req: Request, facts: Facts, policy: Policy, now: float, emsp: EmspResult
+) -> AuthDecision | _AskEmsp:
+    # 1. local list
+    if facts.local:
+        entry, status, why = merge_local(facts.local, req.charger_id, now)
+        parent = entry.parent_id
+        if parent is None:
+            parent = next((e.parent_id for e in facts.local if e.parent_id is not None), None)
+        source: Source = entry.source
+        return _decision(req, status, entry.expiry, parent, source, "WHITELIST", why, now)
+
+    cache = facts.cache
+    fresh = cache is not None and 0 <= now - cache.cached_at < policy.cache_ttl_s
+    # 2. pre-authorize from a fresh cached Accepted
+    if policy.local_pre_authorize and cache is not None and fresh and cache.status == "Accepted":
+        return _from_cache(req, cache, now)
+
+    # 3. the eMSP
+    if isinstance(emsp, _NotAsked):
+        if facts.emsp_reachable:
+            return ASK_EMSP
+    elif emsp is not None:
+        status = effective_status(emsp.status, emsp.expiry, now)
+        why = "eMSP answered " + emsp.status
+        if status != emsp.status:
+            why += " but its expiry date has passed"
+        return _decision(req, status, emsp.expiry, emsp.parent_id, "emsp", "AUTH_REQUEST", why, now)
+    offline_why = "eMSP unreachable" if isinstance(emsp, _NotAsked) else "no eMSP answer within the budget"
+
+    # 4. the authorization cache
+    if cache is not None:
+        if cache.status != "Accepted" or fresh:
+            return _from_cache(req, cache, now, offline_why)
+
+    # 5. the offline policy
+    unknown = f"unknown token, {offline_why}"
+    if policy.offline == "accept":
+        return _decision(
+            req, "Accepted", None, None, "offline_policy", "OFFLINE_UNKNOWN", unknown + ": policy accept", now
+        )
+    if policy.offline == "accept_limited":
+        if policy.limited_max_concurrent <= facts.limited_active:
+            return _decision(
+                req,
+                "Invalid",
+                None,
+                None,
+                "offline_policy",
+                "OFFLINE_UNKNOWN",
+                unknown
+                + f": accept_limited cap of {policy.limited_max_concurrent} concurrent sessions reached",
+                now,
+            )
+        limits = Limits(
+            max_kwh=policy.limited_max_kwh or None,
+            max_minutes=policy.limited_max_minutes or None,
+        )
+        return _decision(
+            req,
+            "Accepted",
+            None,
+            None,
+            "offline_policy",
+            "OFFLINE_UNKNOWN",
+            unknown + ": policy accept_limited",
+            now,
+            limits,
+        )
+    return _decision(
+        req, "Invalid", None, None, "offline_policy", "OFFLINE_UNKNOWN", unknown + ": policy reject", now
+    )
+
+
+def _from_cache(req: Request, cache: CacheEntry, now: float, context: str = "") -> AuthDecision:
+    status = effective_status(cache.status, cache.expiry, now)
+    why = "cached " + cache.status
+    if status != cache.status:
+        why += " but its expiry date has passed"
+    if context:
+        why += f" ({context})"
+    return _decision(req, status, cache.expiry, cache.parent_id, "cache", "AUTH_CACHE", why, now)

@@ -1,0 +1,629 @@
+"""AuthService: what the OCPP handlers call to authorize an idTag, and what the uplink calls to apply eMSP lists.
+
+Thin I/O around the pure decision (gateway/auth/decision.py): it reads the facts from SQLite (a few primary-key
+lookups on this thread's read connection, so a token added by `chargegate tokens add` from another process counts
+at the very next decision), asks the eMSP within the budget when the decision needs it, and hands the handler an
+`AuthDecision` to persist with `record(conn, ...)` inside the handler's own transaction.
+
+A supervisor task (started by `start()`) re-checks sessions started under the offline policy once the eMSP is
+reachable, enforces accept_limited caps with RemoteStopTransaction, and notices token-list changes made by other
+processes (the CLI) so the chargers' local lists follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import replace
+from typing import Any, Final
+
+from gateway import events
+from gateway.auth import tokenstore as ts
+from gateway.auth.decision import (
+    ASK_EMSP,
+    NOT_ASKED,
+    AuthDecision,
+    EmspResult,
+    Facts,
+    Policy,
+    Purpose,
+    Request,
+    evaluate,
+)
+from gateway.auth.emsp import EmspAuthAnswer, EmspAuthorizer
+from gateway.auth.settings import AuthSection
+from gateway.auth.tokens import (
+    MAX_LIST_TOKENS,
+    TokenError,
+    TokenSpec,
+    format_expiry,
+    mask,
+    normalize_id,
+    parse_entry,
+)
+from gateway.commands import ChargerCommands
+from gateway.errors import ChargegateError
+from gateway.store import Store
+
+log = logging.getLogger("chargegate.auth")
+
+# How often the supervisor looks for list changes by other processes, pending re-checks and capped sessions.
+# Short enough that a CLI change reaches chargers within seconds, long enough to cost nothing when idle.
+SUPERVISE_INTERVAL_S: Final = 2.0
+# A RemoteStopTransaction that did not end the session is sent again after this long (the charger may have been
+# offline or may have refused).
+STOP_RETRY_S: Final = 30.0
+# Re-checks of offline-policy sessions per supervisor round (each may wait up to the eMSP budget).
+RECHECK_BATCH: Final = 16
+# Rows per transaction when writing or deleting a full list: each chunk holds the writer thread ~50-100 ms, so
+# StartTransactions keep being persisted while a 1,000,000-token list is applied.
+LIST_CHUNK: Final = 25_000
+# Timeout of a RemoteStopTransaction sent by the supervisor (the OCPP server's default is 30 s).
+STOP_CALL_TIMEOUT_S: Final = 30.0
+# A differential is applied in one transaction (it must be atomic): this caps how long it holds the store's writer
+# (~0.3 s per 10,000 entries measured). Larger changes come as a full list, which is applied in chunks.
+MAX_DIFFERENTIAL_TOKENS: Final = 100_000
+# Decision rows are kept this long (their AUTH_DECISION events carry them to the eMSP); pruned in batches.
+DECISION_RETENTION_S: Final = 180 * 86400.0
+PRUNE_INTERVAL_S: Final = 3600.0
+PRUNE_BATCH: Final = 10_000
+# An accept_limited start counts against the concurrency cap from the decision until its record() (the handler
+# writes both within milliseconds); a reservation whose record never came is forgotten after this long.
+RESERVATION_S: Final = 30.0
+
+ListListener = Callable[[], None]
+
+
+def policy_from(settings: AuthSection) -> Policy:
+    return Policy(
+        offline=settings.offline_policy,
+        limited_max_kwh=settings.limited_max_kwh,
+        limited_max_minutes=settings.limited_max_minutes,
+        limited_max_concurrent=settings.limited_max_concurrent,
+        cache_ttl_s=settings.cache_ttl_s,
+        local_pre_authorize=settings.local_pre_authorize,
+    )
+
+
+class AuthService:
+    def __init__(
+        self,
+        store: Store,
+        settings: AuthSection,
+        *,
+        emsp: EmspAuthorizer | None = None,
+        commands: ChargerCommands | None = None,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self.settings = settings
+        self.policy = policy_from(settings)
+        self._emsp = emsp
+        self._commands = commands
+        self._wall = wall
+        self._mono = monotonic
+        self._list_lock = asyncio.Lock()
+        self._listeners: list[ListListener] = []
+        self._known_revision: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._stop_sent: dict[int, float] = {}  # transaction id -> monotonic time of the last RemoteStop
+        self._last_prune = -PRUNE_INTERVAL_S
+        # monotonic times of accept_limited starts decided but not yet recorded (decide: event loop; record: writer
+        # thread), so two chargers starting at once cannot both take the last limited slot
+        self._reservations: list[float] = []
+        self._reservations_lock = threading.Lock()
+
+    # -- wiring ---------------------------------------------------------------------------------------------------
+    def set_emsp(self, emsp: EmspAuthorizer | None) -> None:
+        self._emsp = emsp
+
+    def set_commands(self, commands: ChargerCommands | None) -> None:
+        self._commands = commands
+
+    def add_list_listener(self, fn: ListListener) -> None:
+        """fn() is called on the event loop after the local list changed (eMSP list, CLI, config)."""
+        self._listeners.append(fn)
+
+    async def start(self) -> None:
+        """Store the config's allow-list as manual tokens, finish an interrupted list apply, start the supervisor."""
+        now = self._wall()
+        allow = [normalize_id(t) for t in self.settings.allow]
+        await self._store.write(lambda c: ts.reconcile_config_tokens(c, allow, now))
+        await self._drop_stale_generations()
+        self._known_revision = self._store.read(lambda c: ts.meta(c, "revision"))
+        self._task = asyncio.create_task(self._supervise(), name="auth-supervisor")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    # -- decisions --------------------------------------------------------------------------------------------------
+    def _facts(self, token: str, transaction_id: int | None) -> tuple[Facts, tuple[str, str | None] | None]:
+        def q(conn: sqlite3.Connection) -> tuple[Facts, tuple[str, str | None] | None]:
+            session = ts.session_tokens(conn, transaction_id) if transaction_id is not None else None
+            limited = 0
+            if self.policy.offline == "accept_limited":
+                limited = ts.limited_active(conn) + self._live_reservations()
+            facts = Facts(
+                local=ts.lookup_local(conn, token),
+                cache=ts.lookup_cache(conn, token),
+                emsp_reachable=self._emsp is not None and self._emsp.reachable(),
+                limited_active=limited,
+            )
+            return facts, session
+
+        return self._store.read(q)
+
+    async def decide(
+        self, charger_id: str, id_tag: str, *, purpose: Purpose, transaction_id: int | None = None
+    ) -> AuthDecision:
+        """Decide whether `id_tag` may authorize / start / stop at `charger_id`. Awaits the eMSP at most
+        `emsp_budget_s`. Never raises for bad input: a malformed idTag is answered Invalid."""
+        t0 = self._mono()
+        now = self._wall()
+        try:
+            token = normalize_id(id_tag)
+        except TokenError as e:
+            d = AuthDecision(
+                charger_id=charger_id,
+                id_tag=str(id_tag)[:20],
+                purpose=purpose,
+                status="Invalid",
+                expiry_date=None,
+                parent_id_tag=None,
+                source="offline_policy",
+                auth_method="OFFLINE_UNKNOWN",
+                reason=f"malformed idTag: {e}",
+                decided_at=now,
+                transaction_id=transaction_id,
+            )
+            return self._finish(d, t0)
+        facts, session = self._facts(token, transaction_id)
+        req = Request(
+            charger_id=charger_id,
+            id_tag=token,
+            purpose=purpose,
+            transaction_id=transaction_id,
+            session_id_tag=session[0] if session else None,
+            session_parent_id=session[1] if session else None,
+        )
+        result = evaluate(req, facts, self.policy, now)
+        if result is ASK_EMSP:
+            answer = await self._ask_emsp(
+                token, charger_id, self.settings.emsp_budget_s - (self._mono() - t0)
+            )
+            result = evaluate(req, facts, self.policy, self._wall(), answer)
+            if isinstance(answer, EmspAuthAnswer):
+                self._cache_answer(token, answer)
+        assert isinstance(result, AuthDecision)
+        if purpose == "start" and result.limits is not None and result.accepted:
+            with self._reservations_lock:
+                self._reservations.append(self._mono())
+        return self._finish(result, t0)
+
+    def _live_reservations(self) -> int:
+        with self._reservations_lock:
+            horizon = self._mono() - RESERVATION_S
+            self._reservations = [t for t in self._reservations if t > horizon]
+            return len(self._reservations)
+
+    def _finish(self, d: AuthDecision, t0: float) -> AuthDecision:
+        d = replace(d, latency_ms=round((self._mono() - t0) * 1000.0, 3))
+        log.info(
+            "auth %s %s at %s: %s (%s, %s) %.1f ms",
+            d.purpose,
+            mask(d.id_tag),
+            d.charger_id,
+            d.status,
+            d.source,
+            d.reason,
+            d.latency_ms,
+        )
+        return d
+
+    async def _ask_emsp(self, token: str, charger_id: str, budget: float) -> EmspResult:
+        emsp = self._emsp
+        if emsp is None or budget <= 0:
+            return None
+        try:
+            # the authorizer promises to return None at `budget`; wait_for holds the budget even if it does not
+            return await asyncio.wait_for(emsp.authorize(token, charger_id, budget), budget)
+        except TimeoutError:
+            return None
+        except (ChargegateError, OSError, ValueError) as e:
+            log.warning("eMSP authorization of %s failed: %s", mask(token), e)
+            return None
+
+    def _cache_answer(self, token: str, answer: EmspAuthAnswer) -> None:
+        now = self._wall()
+        cap = self.settings.cache_max_entries
+
+        def put(conn: sqlite3.Connection) -> bool:
+            return ts.put_cache(conn, token, answer.status, answer.expiry, answer.parent_id, now, cap)
+
+        # not awaited: the driver does not wait for the cache's fsync
+        fut = self._store.submit(put)
+        fut.add_done_callback(_log_failure)
+
+    # -- persistence ------------------------------------------------------------------------------------------------
+    def record(
+        self, conn: sqlite3.Connection, decision: AuthDecision, *, transaction_id: int | None = None
+    ) -> None:
+        """On the store's writer thread, inside the caller's transaction: the decision row, its AUTH_DECISION
+        outbox event and, for a session started under the offline policy, its re-check entry."""
+        d = decision
+        tx = transaction_id if transaction_id is not None else d.transaction_id
+        conn.execute(
+            "INSERT INTO auth_decisions (decided_at, charger_id, id_tag, purpose, status, source, auth_method, "
+            "reason, latency_ms, transaction_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                d.decided_at,
+                d.charger_id,
+                d.id_tag,
+                d.purpose,
+                d.status,
+                d.source,
+                d.auth_method,
+                d.reason,
+                d.latency_ms,
+                tx,
+            ),
+        )
+        events.emit(conn, events.AUTH_DECISION, decision_body(d, tx), charger_id=d.charger_id)
+        if d.purpose == "start" and d.limits is not None and d.accepted:
+            with self._reservations_lock:
+                if self._reservations:
+                    self._reservations.pop(0)
+        if d.purpose == "start" and tx is not None and d.accepted and d.source == "offline_policy":
+            conn.execute(
+                "INSERT OR IGNORE INTO auth_offline_sessions (transaction_id, charger_id, id_tag, limited, max_kwh, "
+                "max_minutes, started_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    tx,
+                    d.charger_id,
+                    d.id_tag,
+                    int(d.limits is not None),
+                    d.limits.max_kwh if d.limits else None,
+                    d.limits.max_minutes if d.limits else None,
+                    d.decided_at,
+                ),
+            )
+        elif d.purpose == "stop" and tx is not None:
+            _end_offline_session(conn, tx)
+
+    async def record_async(self, decision: AuthDecision, *, transaction_id: int | None = None) -> None:
+        """record() in its own transaction (for an Authorize, which has no transaction row to share)."""
+        await self._store.write(lambda c: self.record(c, decision, transaction_id=transaction_id))
+
+    def on_transaction_started(self, transaction_id: int, decision: AuthDecision) -> None:
+        """After the StartTransaction commit: lets the supervisor look at a new offline-policy session now."""
+        if decision.source == "offline_policy":
+            self._wake.set()
+
+    def on_transaction_stopped(self, transaction_id: int, conn: sqlite3.Connection | None = None) -> None:
+        """The session ended. With `conn` (writer thread, the stop handler's transaction) the change is part of
+        that transaction; without, it is written on its own."""
+        self._stop_sent.pop(transaction_id, None)
+        if conn is not None:
+            _end_offline_session(conn, transaction_id)
+        else:
+            self._store.submit(functools.partial(_end_offline_session, tx=transaction_id)).add_done_callback(
+                _log_failure
+            )
+
+    # CsmsHooks adapters (gateway/csms.py calls hooks as (charger_id, connector_id, transaction_id) after answering)
+    async def hook_transaction_started(self, charger_id: str, connector_id: int, transaction_id: int) -> None:
+        self._wake.set()
+
+    async def hook_transaction_stopped(self, charger_id: str, connector_id: int, transaction_id: int) -> None:
+        self.on_transaction_stopped(transaction_id)
+
+    # -- eMSP lists -----------------------------------------------------------------------------------------------
+    async def apply_token_list(
+        self, kind: str, version: int, base_version: int | None, tokens: list[dict[str, Any]]
+    ) -> tuple[bool, str]:
+        """Apply an eMSP local list: kind 'full' (snapshot) or 'differential' (entries without status, or with
+        remove=true, are deleted). A differential whose base_version is not the applied version is refused and
+        the message asks for a full resync. Returns (ok, message); on refusal nothing changed."""
+        k = kind.strip().lower() if isinstance(kind, str) else ""
+        if k not in ("full", "differential"):
+            return False, f"kind must be 'full' or 'differential', got {str(kind)[:20]!r}"
+        if isinstance(version, bool) or not isinstance(version, int) or not 0 < version < 2**53:
+            return False, "version must be a positive integer"
+        if not isinstance(tokens, list) or len(tokens) > MAX_LIST_TOKENS:
+            return False, f"tokens must be a list of at most {MAX_LIST_TOKENS} entries"
+        async with self._list_lock:
+            current = self._store.read(lambda c: ts.meta(c, "list_version"))
+            if k == "differential":
+                if base_version != current:
+                    return False, (
+                        f"base version {base_version} does not match the applied list version {current}: "
+                        "full resync required"
+                    )
+                if version <= current:
+                    return False, f"version {version} is not newer than the applied version {current}"
+                if len(tokens) > MAX_DIFFERENTIAL_TOKENS:
+                    return False, (
+                        f"a differential may carry at most {MAX_DIFFERENTIAL_TOKENS} entries: send a full list"
+                    )
+                try:
+                    specs = await asyncio.to_thread(_parse_all, tokens, True, 0)
+                except TokenError as e:
+                    return False, f"refused, nothing changed: {e}"
+                await self._store.write(lambda c: ts.apply_differential(c, version, specs))
+            else:
+                if version < current:
+                    return False, f"full list version {version} is older than the applied version {current}"
+                problem = await self._apply_full(version, tokens)
+                if problem is not None:
+                    return False, f"refused, nothing changed: {problem}"
+        log.info("applied %s token list version %d (%d entries)", k, version, len(tokens))
+        self._list_changed()
+        return True, f"applied {k} list version {version}: {len(tokens)} entries"
+
+    async def _apply_full(self, version: int, tokens: list[Any]) -> str | None:
+        """Validate and write chunk by chunk into a new generation (memory stays O(chunk)); only a complete,
+        valid list is made live. Returns the problem of the first bad entry, or None. Pipelined: chunk i+1 is
+        validated on a worker thread while the store's writer thread inserts chunk i."""
+        await self._drop_stale_generations()
+        new = self._store.read(lambda c: ts.meta(c, "active_gen")) + 1
+        writing: Future[None] | None = None
+        problem: str | None = None
+        try:
+            for i in range(0, len(tokens), LIST_CHUNK):
+                try:
+                    chunk = await asyncio.to_thread(_parse_all, tokens[i : i + LIST_CHUNK], False, i)
+                except TokenError as e:
+                    problem = str(e)
+                    break
+                if writing is not None:
+                    await asyncio.wrap_future(writing)
+                writing = self._store.submit(
+                    functools.partial(ts.insert_list_chunk, gen=new, version=version, specs=chunk)
+                )
+            if writing is not None:
+                await asyncio.wrap_future(writing)
+                writing = None
+        finally:
+            if writing is not None:  # cancelled half-way: let the last chunk land before cleaning up
+                await asyncio.shield(asyncio.wrap_future(writing))
+        if problem is not None:
+            await self._drop_stale_generations()  # the partial new generation
+            return problem
+        await self._store.write(lambda c: ts.activate_generation(c, new, version))
+        await self._drop_stale_generations()
+        return None
+
+    async def _drop_stale_generations(self) -> None:
+        for gen in self._store.read(ts.stale_generations):
+            while await self._store.write(
+                functools.partial(ts.delete_generation_chunk, gen=gen, limit=LIST_CHUNK)
+            ):
+                pass
+
+    def _list_changed(self) -> None:
+        self._known_revision = self._store.read(lambda c: ts.meta(c, "revision"))
+        for fn in list(self._listeners):
+            try:
+                fn()
+            except Exception:  # a listener's bug must not break list application
+                log.exception("token list listener failed")
+
+    # -- supervisor -----------------------------------------------------------------------------------------------
+    async def _supervise(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), SUPERVISE_INTERVAL_S)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.supervise_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep supervising; the failure is logged
+                log.exception("auth supervisor round failed")
+
+    async def supervise_once(self) -> None:
+        """One round: notice list changes by other processes, re-check offline sessions, enforce caps."""
+        rev = self._store.read(lambda c: ts.meta(c, "revision"))
+        if rev != self._known_revision:
+            self._list_changed()
+        await self._recheck_pending()
+        await self._enforce_limits()
+        if self._mono() - self._last_prune >= PRUNE_INTERVAL_S:
+            self._last_prune = self._mono()
+            cutoff = self._wall() - DECISION_RETENTION_S
+            await self._store.write(
+                lambda c: c.execute(
+                    "DELETE FROM auth_decisions WHERE id IN "
+                    "(SELECT id FROM auth_decisions WHERE decided_at < ? ORDER BY id LIMIT ?)",
+                    (cutoff, PRUNE_BATCH),
+                )
+            )
+
+    async def _recheck_pending(self) -> None:
+        emsp = self._emsp
+        if emsp is None or not emsp.reachable():
+            return
+        rows = self._store.read(
+            lambda c: c.execute(
+                "SELECT o.transaction_id, o.charger_id, o.id_tag, t.state FROM auth_offline_sessions o "
+                "LEFT JOIN transactions t ON t.id = o.transaction_id WHERE o.state = 'pending' "
+                "ORDER BY o.transaction_id LIMIT ?",
+                (RECHECK_BATCH,),
+            ).fetchall()
+        )
+        for tx, charger_id, token, tx_state in rows:
+            t0 = self._mono()
+            answer = await self._ask_emsp(token, charger_id, self.settings.emsp_budget_s)
+            if not isinstance(answer, EmspAuthAnswer):
+                return  # eMSP silent: try again next round
+            self._cache_answer(token, answer)
+            d = evaluate(
+                Request(charger_id=charger_id, id_tag=token, purpose="start", transaction_id=tx),
+                Facts(),
+                self.policy,
+                self._wall(),
+                answer,
+            )
+            assert isinstance(d, AuthDecision)
+            d = replace(d, purpose="recheck", latency_ms=round((self._mono() - t0) * 1000.0, 3))
+            active = tx_state == "active"
+            if d.accepted:
+                state, note = "confirmed", "eMSP accepted the token"
+            elif self.settings.invalid_action == "stop" and active:
+                state, note = "stopping", f"eMSP answered {d.status}: stopping the session"
+            else:
+                state, note = "flagged", f"eMSP answered {d.status}: session flagged"
+            d = replace(d, reason=f"recheck: {note}")
+            now = self._wall()
+
+            def upd(
+                c: sqlite3.Connection,
+                d: AuthDecision = d,
+                state: str = state,
+                note: str = note,
+                tx: int = tx,
+                now: float = now,
+            ) -> None:
+                self.record(c, d, transaction_id=tx)
+                c.execute(
+                    "UPDATE auth_offline_sessions SET state = ?, checked_at = ?, note = ? WHERE transaction_id = ?",
+                    (state, now, note, tx),
+                )
+
+            await self._store.write(upd)
+            log.info("recheck of session %d (%s): %s", tx, mask(token), note)
+            if state == "stopping":
+                await self._remote_stop(charger_id, tx, note)
+
+    async def _enforce_limits(self) -> None:
+        now = self._wall()
+        rows = self._store.read(
+            lambda c: c.execute(
+                "SELECT o.transaction_id, o.charger_id, o.max_kwh, o.max_minutes, o.state, t.started_at, "
+                "t.meter_start, t.connector_id FROM auth_offline_sessions o JOIN transactions t ON t.id = o.transaction_id "
+                "WHERE t.state = 'active' AND o.state IN ('pending', 'stopping', 'flagged', 'confirmed') "
+                "AND (o.limited = 1 OR o.state = 'stopping')"
+            ).fetchall()
+        )
+        for tx, charger_id, max_kwh, max_minutes, state, started_at, meter_start, connector_id in rows:
+            why = None
+            if state == "stopping":
+                why = "re-sending RemoteStopTransaction"
+            elif state == "confirmed":
+                continue  # the eMSP accepted the token: the offline caps no longer apply
+            elif max_minutes is not None and now - float(started_at) >= max_minutes * 60.0:
+                why = f"accept_limited cap of {max_minutes:g} minutes reached"
+            elif max_kwh is not None:
+                wh = self._store.read(
+                    functools.partial(_energy_wh, charger_id=charger_id, connector_id=connector_id, tx=tx)
+                )
+                if wh is not None and wh - int(meter_start) >= max_kwh * 1000.0:
+                    why = f"accept_limited cap of {max_kwh:g} kWh reached"
+            if why is None:
+                continue
+            last = self._stop_sent.get(tx)
+            if last is not None and self._mono() - last < STOP_RETRY_S:
+                continue
+            if state != "stopping":
+                await self._store.write(
+                    lambda c, tx=tx, why=why: c.execute(  # type: ignore[misc]
+                        "UPDATE auth_offline_sessions SET state = 'stopping', note = ? WHERE transaction_id = ?",
+                        (why, tx),
+                    )
+                )
+            await self._remote_stop(charger_id, tx, why)
+
+    async def _remote_stop(self, charger_id: str, tx: int, why: str) -> None:
+        self._stop_sent[tx] = self._mono()
+        commands = self._commands
+        if commands is None:
+            log.warning("session %d should be stopped (%s) but no charger command channel is wired", tx, why)
+            return
+        try:
+            res = await commands.call(
+                charger_id, "RemoteStopTransaction", {"transactionId": tx}, STOP_CALL_TIMEOUT_S
+            )
+            log.info("RemoteStopTransaction %d at %s (%s): %s", tx, charger_id, why, res.get("status"))
+        except ChargegateError as e:
+            log.warning("RemoteStopTransaction %d at %s failed: %s", tx, charger_id, e)
+
+
+def _end_offline_session(conn: sqlite3.Connection, tx: int) -> None:
+    """A flagged session stays flagged (the record of what the eMSP said); the others are over."""
+    conn.execute(
+        "UPDATE auth_offline_sessions SET state = 'ended' WHERE transaction_id = ? "
+        "AND state IN ('pending', 'confirmed', 'stopping')",
+        (tx,),
+    )
+
+
+def _log_failure(fut: Future[Any]) -> None:
+    if fut.exception() is not None:
+        log.warning("auth store write failed: %s", fut.exception())
+
+
+def _parse_all(tokens: list[Any], differential: bool, offset: int) -> list[TokenSpec]:
+    out = []
+    for i, raw in enumerate(tokens):
+        try:
+            out.append(parse_entry(raw, allow_remove=differential))
+        except TokenError as e:
+            raise TokenError(f"entry {offset + i}: {e}") from None
+    return out
+
+
+def _energy_wh(conn: sqlite3.Connection, *, charger_id: str, connector_id: int, tx: int) -> float | None:
+    """Latest energy register reading of the session (Wh), from the meter samples the OCPP server stored."""
+    r = conn.execute(
+        "SELECT value, unit FROM meter_samples WHERE charger_id = ? AND connector_id = ? "
+        "AND IFNULL(transaction_id, -1) = ? AND measurand = 'Energy.Active.Import.Register' AND phase = '' "
+        "ORDER BY charger_ts DESC, id DESC LIMIT 1",
+        (charger_id, connector_id, tx),
+    ).fetchone()
+    if r is None:
+        return None
+    try:
+        v = float(r[0])
+    except ValueError:
+        return None
+    return v * 1000.0 if r[1] == "kWh" else v
+
+
+def decision_body(d: AuthDecision, transaction_id: int | None) -> dict[str, Any]:
+    """The AUTH_DECISION event body (docs/authorization.md)."""
+    return {
+        "charger_id": d.charger_id,
+        "id_tag": d.id_tag,
+        "purpose": d.purpose,
+        "status": d.status,
+        "source": d.source,
+        "auth_method": d.auth_method,
+        "reason": d.reason,
+        "latency_ms": d.latency_ms,
+        "transaction_id": transaction_id,
+        "decided_at": format_expiry(d.decided_at),
+        "expiry_date": d.expiry_date,
+        "parent_id_tag": d.parent_id_tag,
+        "limits": None
+        if d.limits is None
+        else {"max_kwh": d.limits.max_kwh, "max_minutes": d.limits.max_minutes},
+    }
+
+
+__all__ = ["NOT_ASKED", "AuthDecision", "AuthService", "decision_body"]

@@ -1,0 +1,446 @@
+"""The token store's tables and queries (SQLite; functions take the caller's connection).
+
+Tables (component 'auth'):
+- auth_meta: counters. `list_version` = the eMSP list version applied; `active_gen` = the generation of
+  auth_list rows that is live; `revision` = bumped by every change of the local list (eMSP list or manual tokens),
+  it is the listVersion sent to chargers; `full_revision` = revision of the last full snapshot (a charger older
+  than it needs a Full list); `changes_floor` = oldest revision still in auth_changes.
+- auth_list: the eMSP local list, keyed (gen, id). A full snapshot is written into generation active_gen+1 in
+  chunks, each its own short transaction (the writer thread keeps serving StartTransactions in between), then
+  made live in one tiny transaction; the old generation is deleted afterwards, also in chunks.
+- auth_manual: tokens added by the operator (CLI) or the config's allow-list (origin 'config').
+- auth_cache: results of online authorizations (never a token of the local list).
+- auth_changes: (revision, id) of every differential / manual change, for differential charger-list updates.
+- auth_decisions: every decision, with source, method, reason and latency.
+- auth_offline_sessions: sessions started under the offline policy, re-checked with the eMSP later.
+- auth_charger_lists: per charger: local-list support, size limits and the list version it holds.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.auth.decision import CacheEntry, LocalEntry, merge_local
+from gateway.auth.tokens import TokenSpec, decode_chargers, encode_chargers
+from gateway.store import register_migrations
+
+MIGRATIONS = [
+    """
+    CREATE TABLE auth_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO auth_meta (key, value) VALUES
+        ('list_version', 0), ('active_gen', 1), ('revision', 0), ('full_revision', 0), ('changes_floor', 0);
+    CREATE TABLE auth_list (
+        gen INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('Accepted', 'Blocked', 'Expired', 'Invalid')),
+        expiry REAL,
+        parent_id TEXT,
+        chargers TEXT,
+        list_version INTEGER NOT NULL,
+        PRIMARY KEY (gen, id)
+    ) WITHOUT ROWID;
+    CREATE TABLE auth_manual (
+        id TEXT PRIMARY KEY,
+        status TEXT NOT NULL CHECK (status IN ('Accepted', 'Blocked', 'Expired', 'Invalid')),
+        expiry REAL,
+        parent_id TEXT,
+        chargers TEXT,
+        origin TEXT NOT NULL DEFAULT 'cli',
+        note TEXT,
+        updated_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE auth_cache (
+        id TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        expiry REAL,
+        parent_id TEXT,
+        cached_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX auth_cache_by_age ON auth_cache (cached_at);
+    CREATE TABLE auth_changes (revision INTEGER NOT NULL, id TEXT NOT NULL);
+    CREATE INDEX auth_changes_by_revision ON auth_changes (revision);
+    CREATE TABLE auth_decisions (
+        id INTEGER PRIMARY KEY,
+        decided_at REAL NOT NULL,
+        charger_id TEXT NOT NULL,
+        id_tag TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        status TEXT NOT NULL,
+        source TEXT NOT NULL,
+        auth_method TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        latency_ms REAL NOT NULL,
+        transaction_id INTEGER
+    );
+    CREATE INDEX auth_decisions_by_tx ON auth_decisions (transaction_id) WHERE transaction_id IS NOT NULL;
+    CREATE TABLE auth_offline_sessions (
+        transaction_id INTEGER PRIMARY KEY,
+        charger_id TEXT NOT NULL,
+        id_tag TEXT NOT NULL,
+        limited INTEGER NOT NULL,
+        max_kwh REAL,
+        max_minutes REAL,
+        started_at REAL NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending'
+            CHECK (state IN ('pending', 'confirmed', 'stopping', 'flagged', 'ended')),
+        checked_at REAL,
+        note TEXT
+    );
+    CREATE INDEX auth_offline_sessions_open ON auth_offline_sessions (state) WHERE state != 'ended';
+    CREATE TABLE auth_charger_lists (
+        charger_id TEXT PRIMARY KEY,
+        supported INTEGER,
+        enabled INTEGER,
+        max_length INTEGER,
+        send_max_length INTEGER,
+        version INTEGER,
+        revision INTEGER,
+        truncated INTEGER NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL,
+        last_error TEXT
+    );
+    """,
+]
+register_migrations("auth", MIGRATIONS)
+
+# Revisions kept in auth_changes; a charger further behind gets a Full list.
+MAX_CHANGE_REVISIONS = 512
+
+
+def meta(conn: sqlite3.Connection, key: str) -> int:
+    row = conn.execute("SELECT value FROM auth_meta WHERE key = ?", (key,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: int) -> None:
+    conn.execute(
+        "INSERT INTO auth_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+def bump_revision(conn: sqlite3.Connection, changed: Iterable[str] | None) -> int:
+    """Record one change of the local list; `changed` None = a full replacement."""
+    rev = meta(conn, "revision") + 1
+    set_meta(conn, "revision", rev)
+    if changed is None:
+        set_meta(conn, "full_revision", rev)
+        conn.execute("DELETE FROM auth_changes")
+        set_meta(conn, "changes_floor", rev)
+    else:
+        conn.executemany("INSERT INTO auth_changes (revision, id) VALUES (?, ?)", ((rev, i) for i in changed))
+        floor = rev - MAX_CHANGE_REVISIONS
+        if floor > meta(conn, "changes_floor"):
+            conn.execute("DELETE FROM auth_changes WHERE revision <= ?", (floor,))
+            set_meta(conn, "changes_floor", floor)
+    return rev
+
+
+# -- lookups ------------------------------------------------------------------------------------------------------
+_LOOKUP_LOCAL = (
+    "SELECT id, status, expiry, parent_id, chargers, list_version, 'local_list' FROM auth_list "
+    "WHERE gen = (SELECT value FROM auth_meta WHERE key = 'active_gen') AND id = :id "
+    "UNION ALL SELECT id, status, expiry, parent_id, chargers, NULL, 'manual' FROM auth_manual WHERE id = :id"
+)
+
+
+def lookup_local(conn: sqlite3.Connection, token_id: str) -> tuple[LocalEntry, ...]:
+    return tuple(
+        LocalEntry(
+            id=r[0],
+            status=r[1],
+            expiry=r[2],
+            parent_id=r[3],
+            chargers=decode_chargers(r[4]),
+            source=r[6],
+            list_version=r[5],
+        )
+        for r in conn.execute(_LOOKUP_LOCAL, {"id": token_id})
+    )
+
+
+def lookup_cache(conn: sqlite3.Connection, token_id: str) -> CacheEntry | None:
+    r = conn.execute(
+        "SELECT id, status, expiry, parent_id, cached_at FROM auth_cache WHERE id = ?", (token_id,)
+    ).fetchone()
+    if r is None:
+        return None
+    return CacheEntry(id=r[0], status=r[1], expiry=r[2], parent_id=r[3], cached_at=r[4])
+
+
+def put_cache(
+    conn: sqlite3.Connection,
+    token_id: str,
+    status: str,
+    expiry: float | None,
+    parent: str | None,
+    now: float,
+    max_entries: int,
+) -> bool:
+    """Cache an online answer, unless the token is (now) in the local list. Returns whether it was cached."""
+    if lookup_local(conn, token_id):
+        return False
+    conn.execute(
+        "INSERT INTO auth_cache (id, status, expiry, parent_id, cached_at) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET status = excluded.status, expiry = excluded.expiry, "
+        "parent_id = excluded.parent_id, cached_at = excluded.cached_at",
+        (token_id, status, expiry, parent, now),
+    )
+    excess = int(conn.execute("SELECT COUNT(*) FROM auth_cache").fetchone()[0]) - max_entries
+    if excess > 0:
+        conn.execute(
+            "DELETE FROM auth_cache WHERE id IN (SELECT id FROM auth_cache ORDER BY cached_at LIMIT ?)",
+            (excess,),
+        )
+    return True
+
+
+def limited_active(conn: sqlite3.Connection) -> int:
+    """accept_limited sessions still running (the transactions table says whether a session is active)."""
+    return int(
+        conn.execute(
+            "SELECT COUNT(*) FROM auth_offline_sessions o JOIN transactions t ON t.id = o.transaction_id "
+            "WHERE o.limited = 1 AND o.state != 'ended' AND t.state = 'active'"
+        ).fetchone()[0]
+    )
+
+
+def session_tokens(conn: sqlite3.Connection, transaction_id: int) -> tuple[str, str | None] | None:
+    r = conn.execute(
+        "SELECT id_tag, parent_id_tag FROM transactions WHERE id = ?", (transaction_id,)
+    ).fetchone()
+    if r is None:
+        return None
+    return str(r[0]).strip().upper(), (None if r[1] is None else str(r[1]).strip().upper())
+
+
+# -- manual tokens --------------------------------------------------------------------------------------------------
+def upsert_manual(
+    conn: sqlite3.Connection,
+    specs: Iterable[TokenSpec],
+    now: float,
+    origin: str = "cli",
+    note: str | None = None,
+) -> int:
+    ids = []
+    rows = []
+    for s in specs:
+        assert s.status is not None
+        ids.append(s.id)
+        rows.append((s.id, s.status, s.expiry, s.parent_id, encode_chargers(s.chargers), origin, note, now))
+    conn.executemany(
+        "INSERT INTO auth_manual (id, status, expiry, parent_id, chargers, origin, note, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET status = excluded.status, "
+        "expiry = excluded.expiry, parent_id = excluded.parent_id, chargers = excluded.chargers, "
+        "origin = excluded.origin, note = COALESCE(excluded.note, auth_manual.note), updated_at = excluded.updated_at",
+        rows,
+    )
+    conn.executemany("DELETE FROM auth_cache WHERE id = ?", ((i,) for i in ids))
+    if ids:
+        bump_revision(conn, ids)
+    return len(ids)
+
+
+def remove_manual(conn: sqlite3.Connection, ids: Iterable[str]) -> int:
+    removed = [i for i in ids if conn.execute("DELETE FROM auth_manual WHERE id = ?", (i,)).rowcount]
+    if removed:
+        bump_revision(conn, removed)
+    return len(removed)
+
+
+def reconcile_config_tokens(conn: sqlite3.Connection, allow: Iterable[str], now: float) -> int:
+    """Make the manual tokens of origin 'config' equal the config's allow-list; returns how many changed."""
+    want = set(allow)
+    have = {r[0]: r[1] for r in conn.execute("SELECT id, status FROM auth_manual WHERE origin = 'config'")}
+    changed = [i for i in want if have.get(i) != "Accepted" or i not in have]
+    # a CLI entry for the same id wins over the config (the operator touched it last)
+    cli_ids = {r[0] for r in conn.execute("SELECT id FROM auth_manual WHERE origin != 'config'")}
+    changed = [i for i in changed if i not in cli_ids]
+    gone = [i for i in have if i not in want]
+    if changed:
+        upsert_manual(conn, (TokenSpec(id=i, status="Accepted") for i in changed), now, origin="config")
+    if gone:
+        remove_manual(conn, gone)
+    return len(changed) + len(gone)
+
+
+# -- the eMSP list --------------------------------------------------------------------------------------------------
+def _list_rows(gen: int, version: int, specs: Iterable[TokenSpec]) -> Iterator[tuple[Any, ...]]:
+    for s in specs:
+        yield (gen, s.id, s.status, s.expiry, s.parent_id, encode_chargers(s.chargers), version)
+
+
+def insert_list_chunk(conn: sqlite3.Connection, gen: int, version: int, specs: list[TokenSpec]) -> None:
+    conn.executemany(
+        "INSERT INTO auth_list (gen, id, status, expiry, parent_id, chargers, list_version) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gen, id) DO UPDATE SET status = excluded.status, "
+        "expiry = excluded.expiry, parent_id = excluded.parent_id, chargers = excluded.chargers, "
+        "list_version = excluded.list_version",
+        _list_rows(gen, version, specs),
+    )
+
+
+def delete_generation_chunk(conn: sqlite3.Connection, gen: int, limit: int) -> int:
+    return conn.execute(
+        "DELETE FROM auth_list WHERE gen = ?1 AND id IN (SELECT id FROM auth_list WHERE gen = ?1 LIMIT ?2)",
+        (gen, limit),
+    ).rowcount
+
+
+def stale_generations(conn: sqlite3.Connection) -> list[int]:
+    """Generations other than the live one (an old one being deleted, a new one interrupted). Two index probes,
+    not a scan: at most one generation on each side of the live one exists."""
+    active = meta(conn, "active_gen")
+    out = []
+    for q in ("SELECT MIN(gen) FROM auth_list WHERE gen < ?", "SELECT MAX(gen) FROM auth_list WHERE gen > ?"):
+        r = conn.execute(q, (active,)).fetchone()
+        if r is not None and r[0] is not None:
+            out.append(int(r[0]))
+    return out
+
+
+def activate_generation(conn: sqlite3.Connection, gen: int, version: int) -> int:
+    set_meta(conn, "active_gen", gen)
+    set_meta(conn, "list_version", version)
+    # local-list tokens never stay in the authorization cache
+    conn.execute(
+        "DELETE FROM auth_cache WHERE EXISTS (SELECT 1 FROM auth_list l WHERE l.gen = ? AND l.id = auth_cache.id)",
+        (gen,),
+    )
+    return bump_revision(conn, None)
+
+
+def apply_differential(conn: sqlite3.Connection, version: int, specs: list[TokenSpec]) -> int:
+    gen = meta(conn, "active_gen")
+    upserts = [s for s in specs if s.status is not None]
+    removals = [s.id for s in specs if s.status is None]
+    insert_list_chunk(conn, gen, version, upserts)
+    conn.executemany("DELETE FROM auth_list WHERE gen = ? AND id = ?", ((gen, i) for i in removals))
+    conn.executemany("DELETE FROM auth_cache WHERE id = ?", ((s.id,) for s in upserts))
+    set_meta(conn, "list_version", version)
+    return bump_revision(conn, [s.id for s in specs])
+
+
+# -- listing --------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class TokenRow:
+    id: str
+    entries: tuple[LocalEntry, ...]
+
+
+def iter_local(conn: sqlite3.Connection, after: str = "", limit: int | None = None) -> Iterator[TokenRow]:
+    """Every local-list token (eMSP list and manual, merged by id) in id order, starting after `after`.
+    A two-way merge of two primary-key-ordered cursors: no sort, constant memory."""
+    gen = meta(conn, "active_gen")
+    a = conn.execute(
+        "SELECT id, status, expiry, parent_id, chargers, list_version FROM auth_list WHERE gen = ? AND id > ? "
+        "ORDER BY id",
+        (gen, after),
+    )
+    b = conn.execute(
+        "SELECT id, status, expiry, parent_id, chargers FROM auth_manual WHERE id > ? ORDER BY id", (after,)
+    )
+    ra = a.fetchone()
+    rb = b.fetchone()
+    n = 0
+    while ra is not None or rb is not None:
+        if limit is not None and n >= limit:
+            return
+        entries: list[LocalEntry] = []
+        key = min(r[0] for r in (ra, rb) if r is not None)
+        if ra is not None and ra[0] == key:
+            entries.append(
+                LocalEntry(ra[0], ra[1], ra[2], ra[3], decode_chargers(ra[4]), "local_list", ra[5])
+            )
+            ra = a.fetchone()
+        if rb is not None and rb[0] == key:
+            entries.append(LocalEntry(rb[0], rb[1], rb[2], rb[3], decode_chargers(rb[4]), "manual"))
+            rb = b.fetchone()
+        n += 1
+        yield TokenRow(key, tuple(entries))
+
+
+def charger_entry(entries: tuple[LocalEntry, ...], charger_id: str, now: float) -> dict[str, Any] | None:
+    """The OCPP local authorization list entry for this charger, or None when the token does not apply to it."""
+    applicable = tuple(e for e in entries if e.chargers is None or charger_id in e.chargers)
+    if not applicable:
+        return None
+    entry, status, _ = merge_local(applicable, charger_id, now)
+    info: dict[str, Any] = {"status": status}
+    from gateway.auth.tokens import format_expiry
+
+    exp = format_expiry(entry.expiry)
+    if exp is not None:
+        info["expiryDate"] = exp
+    parent = entry.parent_id or next((e.parent_id for e in applicable if e.parent_id), None)
+    if parent is not None:
+        info["parentIdTag"] = parent
+    return {"idTag": entry.id, "idTagInfo": info}
+
+
+def changes_since(conn: sqlite3.Connection, version: int) -> list[str] | None:
+    """Ids changed after revision `version`, or None when only a Full list can bring a charger at `version` up."""
+    if version < meta(conn, "full_revision") or version < meta(conn, "changes_floor"):
+        return None
+    return sorted({r[0] for r in conn.execute("SELECT id FROM auth_changes WHERE revision > ?", (version,))})
+
+
+# -- charger lists ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ChargerListState:
+    charger_id: str
+    supported: bool | None
+    enabled: bool | None
+    max_length: int | None
+    send_max_length: int | None
+    version: int | None  # the listVersion the charger holds (None: unknown, or a transfer was interrupted)
+    revision: int | None  # the store revision that version carries
+    truncated: bool
+    last_error: str | None
+
+
+def charger_list_state(conn: sqlite3.Connection, charger_id: str) -> ChargerListState | None:
+    r = conn.execute(
+        "SELECT charger_id, supported, enabled, max_length, send_max_length, version, revision, truncated, "
+        "last_error FROM auth_charger_lists WHERE charger_id = ?",
+        (charger_id,),
+    ).fetchone()
+    if r is None:
+        return None
+    return ChargerListState(
+        r[0],
+        None if r[1] is None else bool(r[1]),
+        None if r[2] is None else bool(r[2]),
+        r[3],
+        r[4],
+        r[5],
+        r[6],
+        bool(r[7]),
+        r[8],
+    )
+
+
+def save_charger_list_state(conn: sqlite3.Connection, s: ChargerListState, now: float) -> None:
+    conn.execute(
+        "INSERT INTO auth_charger_lists (charger_id, supported, enabled, max_length, send_max_length, version, "
+        "revision, truncated, updated_at, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (charger_id) DO UPDATE SET supported = excluded.supported, enabled = excluded.enabled, "
+        "max_length = excluded.max_length, send_max_length = excluded.send_max_length, version = excluded.version, "
+        "revision = excluded.revision, truncated = excluded.truncated, updated_at = excluded.updated_at, "
+        "last_error = excluded.last_error",
+        (
+            s.charger_id,
+            None if s.supported is None else int(s.supported),
+            None if s.enabled is None else int(s.enabled),
+            s.max_length,
+            s.send_max_length,
+            s.version,
+            s.revision,
+            int(s.truncated),
+            now,
+            s.last_error,
+        ),
+    )
