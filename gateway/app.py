@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -19,6 +20,9 @@ from gateway.errors import ChargegateError, CommandError
 from gateway.events import StatusBus
 from gateway.server import FrameTrace, OcppServer
 from gateway.store import Store
+from gateway.uplink import Uplink
+from gateway.uplink.cdr import build_session_record
+from gateway.uplink.config import UplinkSection
 
 log = logging.getLogger("chargegate")
 
@@ -30,7 +34,9 @@ class Gateway:
         self.status_bus = StatusBus()
         self.hooks = CsmsHooks()
         self.auth = AuthService(self.store, cfg.auth)
-        self.csms = Csms(cfg, self.store, self.status_bus, self.auth, self.hooks)
+        self.csms = Csms(
+            cfg, self.store, self.status_bus, self.auth, self.hooks, session_record=build_session_record
+        )
         self.server = OcppServer(cfg, self.csms, on_frame=on_frame)
         self.auth.set_commands(self.server)
         self.hooks.transaction_started.append(self.auth.hook_transaction_started)
@@ -40,6 +46,22 @@ class Gateway:
             self.charger_lists = ChargerLists(self.store, self.auth, self.server)
             self.hooks.charger_booted.append(self.charger_lists.on_charger_booted)
         self.control = ControlServer(cfg.control_socket)
+        self.uplink: Uplink | None = None
+        self._uplink_task: asyncio.Task[None] | None = None
+        up_cfg = cfg.sections.get("uplink")
+        if isinstance(up_cfg, UplinkSection) and up_cfg.enabled:
+            self.uplink = Uplink(
+                up_cfg,
+                self.store,
+                self.status_bus,
+                cfg.site.id,
+                commands=self.server,
+                token_sink=self.auth,
+                base_dir=cfg.path.parent,
+            )
+            self.auth.set_emsp(self.uplink.authorizer)
+            for name, handler in self.uplink.control_ops().items():
+                self.control.register(name, handler)
         self.control.register("call", self._op_call)
         self.control.register("status", self._op_status)
         self.control.register("ping", self._op_ping)
@@ -85,6 +107,8 @@ class Gateway:
         await self.store.write(lambda conn: conn.execute("UPDATE chargers SET connected = 0"))
         await self.auth.start()
         await self.server.start()
+        if self.uplink is not None:
+            self._uplink_task = asyncio.create_task(self.uplink.run(), name="uplink")
         await self.control.start()
         info = {"pid": os.getpid(), "ocpp_url": self.server.url, "control_socket": str(self.control.path)}
         state_file = self.cfg.data_dir / "gateway.json"
@@ -110,6 +134,11 @@ class Gateway:
             if self.charger_lists is not None:
                 await self.charger_lists.close()
             await self.auth.close()
+            if self._uplink_task is not None:
+                # publishes "offline" presence, then disconnects
+                self._uplink_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._uplink_task
             await self.server.close()
             self.store.close()
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import gateway.uplink  # noqa: F401  (registers the [uplink] config section)
 from gateway.config import SiteConfig, load_config
 from gateway.errors import ChargegateError, ConfigError
 
@@ -96,7 +97,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     level = args.log_level or cfg.site.log_level
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     # The websockets library logs HTTP headers (the Basic credentials) and whole frames (full token UIDs) at DEBUG:
     # never below INFO, whatever the site's level. Our own loggers mask tokens and never print secrets.
     logging.getLogger("websockets").setLevel(max(logging.INFO, logging.getLevelName(level)))
