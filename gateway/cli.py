@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import gateway.uplink  # noqa: F401  (registers the [uplink] config section)
+import gateway.subsystems  # noqa: F401  (registers every subsystem's config section)
 from gateway.config import SiteConfig, load_config
 from gateway.errors import ChargegateError, ConfigError
 
@@ -191,20 +191,26 @@ def make_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_status)
 
     from gateway.auth.cli import add_subparser as add_tokens_subparser
+    from gateway.meters.cli import add_subparser as add_meters_subparser
 
     add_tokens_subparser(sub)
+    add_meters_subparser(sub)
 
-    for name, module, helptext in (
-        ("demo", "firmware_sim.demo", "run a simulated site against a real gateway"),
-        ("sim", "firmware_sim.fleet", "run simulated chargers against a gateway"),
-    ):
-        fw = sub.add_parser(name, help=helptext, add_help=False)
-        fw.add_argument("rest", nargs=argparse.REMAINDER)
-        fw.set_defaults(func=lambda a, m=module: _forward(m, a.rest))
+    # listed for --help; main() hands their arguments to the simulator's own parser before argparse sees them
+    sub.add_parser("demo", help="run a simulated site of N chargers against a real gateway (--help for options)")
+    sub.add_parser("sim", help="run simulated chargers against a gateway (--help for options)")
     return p
 
 
+# Subcommands whose whole argument list belongs to another module's own parser (argparse.REMAINDER would refuse
+# options such as `--chargers 5`).
+_FORWARDED = {"demo": "firmware_sim.demo", "sim": "firmware_sim.fleet"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in _FORWARDED:
+        return _forward(_FORWARDED[argv[0]], argv[1:])
     parser = make_parser()
     args = parser.parse_args(argv)
     try:

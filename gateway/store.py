@@ -15,7 +15,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -189,6 +189,18 @@ def _split_sql(script: str) -> list[str]:
     return out
 
 
+def _settle(future: Future[Any], ok: bool, value: Any) -> None:
+    """Hand the outcome to the waiter. The waiter may have been cancelled meanwhile (its charger disconnected while
+    the write was in flight): the write stands, nobody is told, and the writer thread must live on."""
+    try:
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+    except InvalidStateError:
+        pass
+
+
 class _Op:
     __slots__ = ("fn", "future")
 
@@ -287,15 +299,9 @@ class Store:
                 except sqlite3.Error:
                     pass
                 err = StoreError(f"commit failed: {e}")
-                for op in batch:
-                    if not op.future.done():
-                        op.future.set_exception(err)
-                results = []
+                results = [(op, False, err) for op in batch]
             for op, ok, value in results:
-                if ok:
-                    op.future.set_result(value)
-                else:
-                    op.future.set_exception(value)
+                _settle(op.future, ok, value)
             if stop:
                 break
         conn.close()

@@ -77,3 +77,32 @@ def test_transaction_ids_survive_reopen(tmp_path):
         assert s.write_sync(insert) > first
     finally:
         s.close()
+
+
+def test_a_cancelled_waiter_does_not_kill_the_writer(tmp_path):
+    """A charger that disconnects while its write is in flight cancels the handler awaiting it; the writer thread
+    must keep serving everyone else."""
+    import threading
+
+    store = Store.open(tmp_path)
+    gate = threading.Event()
+
+    def slow(c):
+        gate.wait(5)
+        return events.emit(c, "slow", {})
+
+    async def main():
+        task = asyncio.ensure_future(store.write(slow))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await asyncio.wait_for(store.write(lambda c: events.emit(c, "after", {})), 5)
+
+    try:
+        seq = asyncio.run(main())
+        kinds = store.read(lambda c: [r[0] for r in c.execute("SELECT kind FROM outbox ORDER BY seq")])
+        assert kinds == ["slow", "after"] and seq == 2  # the cancelled write still stands
+    finally:
+        store.close()
