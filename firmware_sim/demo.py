@@ -1,0 +1,523 @@
+"""`chargegate demo`: a whole site on this machine in about a minute.
+
+Writes a temporary site config for N chargers (generated passwords, allow-listed cards, a temp data dir), starts
+the real gateway as a separate process, runs a fleet of real agents on simulated hardware through a scenario mix
+(arrive/tap/charge/leave, idle after full, remote start, power cut mid-session), shows a live table, and ends with
+the session record the gateway kept in its SQLite database, checked against the energy the simulated meters
+integrated.
+
+    chargegate demo                           # 5 chargers, live table
+    chargegate demo --chargers 8 --duration 30 --json     # headless: one JSON object, exit 1 on any error
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from firmware_sim.fleet import ChargerCreds, Fleet, mask_token
+from firmware_sim.gateway_runner import GatewayRunner, GatewayStartError
+
+log = logging.getLogger("chargegate.demo")
+
+# The live table's refresh period (s).
+REFRESH_S = 0.5
+# Without a terminal (piped output, not --json), print one status line this often (s).
+PLAIN_PROGRESS_S = 5.0
+# At the end, the gateway must have recorded every StopTransaction within this long (s) after the agents went idle.
+DB_SETTLE_S = 15.0
+# All chargers must have connected and been accepted within this long (s) after the gateway is ready.
+REGISTER_TIMEOUT_S = 30.0
+# MeterValueSampleInterval the demo sets on every charger (real seconds), so short sessions have samples too.
+DEMO_SAMPLE_INTERVAL_S = 5
+
+DB_NAME = "chargegate.db"
+
+
+def new_token(rng: secrets.SystemRandom) -> str:
+    """A 7-byte ISO 14443 UID as 14 hex digits, like most RFID cards."""
+    return "04" + "".join(f"{rng.randrange(256):02X}" for _ in range(6))
+
+
+def write_site(
+    workdir: Path, chargers: int, connectors: int, tokens_per_charger: int = 2
+) -> tuple[Path, list[ChargerCreds], list[str]]:
+    rng = secrets.SystemRandom()
+    creds = [
+        ChargerCreds(f"CP{i:02d}", secrets.token_urlsafe(24), connectors if i % 2 else max(1, connectors - 1))
+        for i in range(1, chargers + 1)
+    ]
+    tokens = sorted({new_token(rng) for _ in range(chargers * tokens_per_charger)})
+    data_dir = workdir / "data"
+    lines = [
+        "# written by `chargegate demo`",
+        "[site]",
+        'id = "demo-site"',
+        f"data_dir = {json.dumps(str(data_dir))}",
+        "",
+        "[ocpp]",
+        'host = "127.0.0.1"',
+        "port = 0",
+        "heartbeat_interval = 60",
+        "",
+        "[auth]",
+        "allow = [" + ", ".join(json.dumps(t) for t in tokens) + "]",
+    ]
+    for c in creds:
+        lines += [
+            "",
+            "[[chargers]]",
+            f'id = "{c.id}"',
+            f"password = {json.dumps(c.password)}",
+            f"connectors = {c.connectors}",
+        ]
+    path = workdir / "site.toml"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the chargers' passwords
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path, creds, tokens
+
+
+# -- the gateway's record ---------------------------------------------------------------------------------------
+def read_db(db_path: Path) -> dict[str, Any]:
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
+    try:
+        conn.row_factory = sqlite3.Row
+        txs = [dict(r) for r in conn.execute("SELECT * FROM transactions ORDER BY id")]
+        samples = conn.execute("SELECT COUNT(*) FROM meter_samples").fetchone()[0]
+    finally:
+        conn.close()
+    return {"transactions": txs, "meter_samples": int(samples)}
+
+
+def active_sessions(db_path: Path) -> int:
+    if not db_path.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM transactions WHERE state = 'active'").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def check_energy(fleet: Fleet, txs: list[dict[str, Any]]) -> list[str]:
+    """Per connector, the energy the gateway recorded must equal what the simulated meter integrated over the
+    visits. Tolerance: 1 Wh per transaction (the agent reads the register an instant before the contactor opens,
+    and the register counts whole Wh)."""
+    problems = []
+    sim: Counter[tuple[str, int]] = Counter()
+    for v in fleet.visits:
+        sim[(v.charger_id, v.connector_id)] += v.energy_wh
+    db: Counter[tuple[str, int]] = Counter()
+    count: Counter[tuple[str, int]] = Counter()
+    for t in txs:
+        key = (t["charger_id"], int(t["connector_id"]))
+        count[key] += 1
+        if t["state"] == "stopped":
+            if t["energy_wh"] is None:
+                problems.append(f"transaction {t['id']} ({key[0]}/{key[1]}) stopped without energy")
+            else:
+                db[key] += int(t["energy_wh"])
+    for key in sorted(set(sim) | set(db)):
+        if abs(sim[key] - db[key]) > count[key]:
+            problems.append(
+                f"{key[0]}/{key[1]}: gateway recorded {db[key]} Wh in {count[key]} transactions, "
+                f"the simulated meter delivered {sim[key]} Wh"
+            )
+    return problems
+
+
+def summarize(fleet: Fleet, db: dict[str, Any], errors: list[str], extra: dict[str, Any]) -> dict[str, Any]:
+    txs = db["transactions"]
+    stopped = [t for t in txs if t["state"] == "stopped"]
+    per: dict[str, dict[str, Any]] = {}
+    report = fleet.report()
+    for c in fleet.chargers:
+        mine = [t for t in stopped if t["charger_id"] == c.id]
+        per[c.id] = {
+            "sessions": len(mine),
+            "energy_kwh": round(sum(int(t["energy_wh"] or 0) for t in mine) / 1000.0, 3),
+            **{k: report.chargers[c.id][k] for k in ("sim_energy_kwh", "visits", "reboots", "agent_crashes")},
+        }
+    return {
+        "sessions_started": len(txs),
+        "sessions_completed": len(stopped),
+        "energy_kwh": round(sum(int(t["energy_wh"] or 0) for t in stopped) / 1000.0, 3),
+        "sim_energy_kwh": round(report.energy_wh / 1000.0, 3),
+        "errors": len(errors),
+        "error_messages": errors[:50],
+        "stop_reasons": dict(Counter(t["stop_reason"] or "Local" for t in stopped)),
+        "scenarios": dict(Counter(v.scenario for v in fleet.visits)),
+        "visits": len(fleet.visits),
+        "meter_samples": db["meter_samples"],
+        "frames": report.frames,
+        "schema_problems": report.schema_problems,
+        "charger_reboots": sum(c.hal.reboots for c in fleet.chargers),
+        "power_cuts": sum(v.notes.count("power cut") for v in fleet.visits),
+        "network_outages": sum(v.notes.count("network cut") for v in fleet.visits),
+        "per_charger": per,
+        **extra,
+    }
+
+
+# -- display ----------------------------------------------------------------------------------------------------
+def render_table(
+    fleet: Fleet, elapsed: float, duration: float, ansi: bool, title: str = "chargegate demo"
+) -> str:
+    rows = fleet.rows()
+    total_kw = sum(r["kw"] for r in rows)
+    sim_h = fleet.clock.sim() / 3600.0
+    head = (
+        f"{title}  {elapsed:5.1f}/{duration:.0f} s real  {sim_h:5.2f} h simulated (x{fleet.clock.speed:g})  "
+        f"site load {total_kw:6.1f} kW  visits {len(fleet.visits)}  errors {len(fleet.problems)}"
+    )
+    lines = [head, ""]
+    lines.append(
+        f"{'charger':<8} {'conn':>4}  {'status':<14} {'token':<12} {'kW':>6} {'kWh':>7} {'SoC':>5}  {'tx':>5}"
+    )
+    for r in rows:
+        status = r["status"] or "-"
+        if ansi:
+            color = {
+                "Charging": "32",
+                "SuspendedEV": "33",
+                "SuspendedEVSE": "33",
+                "Preparing": "36",
+                "Finishing": "36",
+                "Faulted": "31",
+                "Rebooting": "35",
+            }.get(status)
+            shown = f"\x1b[{color}m{status:<14}\x1b[0m" if color else f"{status:<14}"
+        else:
+            shown = f"{status:<14}"
+        soc = "" if r["soc"] is None else f"{r['soc'] * 100:4.0f}%"
+        tx = "" if r["tx"] is None else str(r["tx"])
+        lines.append(
+            f"{r['charger']:<8} {r['connector']:>4}  {shown} {r['token']:<12} {r['kw']:6.1f} {r['kwh']:7.2f} {soc:>5}  {tx:>5}"
+        )
+    return "\n".join(lines)
+
+
+async def live_display(
+    fleet: Fleet,
+    started: float,
+    duration: float,
+    out: TextIO,
+    stop: asyncio.Event,
+    title: str = "chargegate demo",
+) -> None:
+    ansi = out.isatty()
+    last_plain = 0.0
+    while not stop.is_set():
+        elapsed = time.monotonic() - started
+        if ansi:
+            out.write("\x1b[H\x1b[2J" + render_table(fleet, elapsed, duration, True, title) + "\n")
+            out.flush()
+        elif elapsed - last_plain >= PLAIN_PROGRESS_S:
+            last_plain = elapsed
+            rows = fleet.rows()
+            charging = sum(1 for r in rows if r["status"] == "Charging")
+            out.write(
+                f"[{elapsed:5.1f} s] {charging}/{len(rows)} connectors charging, "
+                f"{sum(r['kw'] for r in rows):.1f} kW, {len(fleet.visits)} visits, {len(fleet.problems)} errors\n"
+            )
+            out.flush()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), REFRESH_S)
+
+
+def charger_duration(t: dict[str, Any]) -> float | None:
+    """Session length by the charger's own timestamps (right for sessions delivered late from an offline
+    queue, unlike the gateway's receive times); whole seconds, as OCPP timestamps are."""
+    try:
+        start = datetime.fromisoformat(str(t["start_ts"]).replace("Z", "+00:00"))
+        stop = datetime.fromisoformat(str(t["stop_ts"]).replace("Z", "+00:00"))
+    except (TypeError, ValueError):
+        return None
+    return (stop - start).total_seconds()
+
+
+def print_summary(summary: dict[str, Any], txs: list[dict[str, Any]], out: TextIO, speed: float) -> None:
+    out.write("\nSessions recorded by the gateway (SQLite; durations by the charger's clock):\n")
+    out.write(
+        f"{'tx':>4} {'charger':<8} {'conn':>4} {'token':<12} {'real':>7} {'simulated':>9} {'kWh':>8}  {'stop reason':<15}\n"
+    )
+    for t in txs:
+        real = charger_duration(t)
+        if real is None:
+            dur = ""
+        else:
+            sim_min = int(real * speed / 60)
+            dur = f"{real:6.0f}s {sim_min // 60:6d}:{sim_min % 60:02d}"
+        kwh = "" if t["energy_wh"] is None else f"{t['energy_wh'] / 1000:8.3f}"
+        reason = t["stop_reason"] or ("(active)" if t["state"] == "active" else "Local")
+        out.write(
+            f"{t['id']:>4} {t['charger_id']:<8} {t['connector_id']:>4} {mask_token(t['id_tag']):<12} {dur:>17} {kwh:>8}  {reason:<15}\n"
+        )
+    out.write(
+        f"\n{summary['sessions_completed']} sessions completed ({summary['sessions_started']} started), "
+        f"{summary['energy_kwh']:.3f} kWh recorded by the gateway, {summary['sim_energy_kwh']:.3f} kWh metered by the "
+        f"simulated chargers; {summary['meter_samples']} meter samples, {summary['frames']} OCPP frames "
+        f"(all schema-checked: {summary['schema_problems']} problems), {summary['charger_reboots']} charger reboots "
+        f"({summary['power_cuts']} power cuts), {summary['network_outages']} network outages.\n"
+    )
+    if summary["errors"]:
+        out.write(f"\n{summary['errors']} ERRORS:\n")
+        for e in summary["error_messages"]:
+            out.write(f"  - {e}\n")
+    else:
+        out.write("No errors.\n")
+    out.flush()
+
+
+# -- the run ----------------------------------------------------------------------------------------------------
+async def run_demo(args: argparse.Namespace, workdir: Path, out: TextIO) -> dict[str, Any]:
+    config_path, creds, tokens = write_site(workdir, args.chargers, args.connectors)
+    gateway = GatewayRunner(config_path, workdir / "gateway.log")
+    errors: list[str] = []
+    t0 = time.monotonic()
+    try:
+        await gateway.start()
+    except GatewayStartError as e:
+        return {
+            "sessions_started": 0,
+            "sessions_completed": 0,
+            "energy_kwh": 0.0,
+            "sim_energy_kwh": 0.0,
+            "errors": 1,
+            "error_messages": [str(e)],
+            "meter_samples": 0,
+            "frames": 0,
+            "schema_problems": 0,
+            "charger_reboots": 0,
+            "gateway_restarts": 0,
+        }
+    fleet = Fleet(
+        creds,
+        gateway.ocpp_url,
+        tokens,
+        speed=args.speed,
+        state_dir=workdir / "flash",
+        control_socket=gateway.control_socket,
+        seed=args.seed,
+        scenarios=args.scenario,
+        links=True,  # every charger has its own network, so outages and power cuts drop only its TCP link
+    )
+    display_stop = asyncio.Event()
+    display: asyncio.Task[None] | None = None
+    watchdog = asyncio.create_task(_watch_gateway(gateway, fleet))
+    restarts: list[float] = []
+    killer: asyncio.Task[None] | None = None
+    if args.kill_gateway_at is not None:
+        # a restarted gateway must listen where the chargers look for it: pin the port it picked
+        pin_port(config_path, gateway.ocpp_url)
+    try:
+        await fleet.start()
+        if await fleet.wait_registered(REGISTER_TIMEOUT_S):
+            await fleet.change_configuration("MeterValueSampleInterval", str(args.sample_interval))
+            started = time.monotonic()
+            if not args.json:
+                display = asyncio.create_task(live_display(fleet, started, args.duration, out, display_stop))
+            if args.kill_gateway_at is not None:
+                killer = asyncio.create_task(
+                    _kill_and_restart(gateway, fleet, args.kill_gateway_at, restarts)
+                )
+            await fleet.run_scenarios(args.duration)
+            if killer is not None:
+                await killer
+            await fleet.drain()
+            db_path = workdir / "data" / DB_NAME
+            settle_end = time.monotonic() + DB_SETTLE_S
+            while True:  # the gateway is another process: poll its database
+                if not active_sessions(db_path) or time.monotonic() >= settle_end:
+                    break
+                await asyncio.sleep(0.2)
+    finally:
+        display_stop.set()
+        if display is not None:
+            await display
+            if out.isatty():
+                out.write(
+                    "\x1b[H\x1b[2J" + render_table(fleet, time.monotonic() - t0, args.duration, True) + "\n"
+                )
+        if killer is not None and not killer.done():
+            killer.cancel()
+            await asyncio.gather(killer, return_exceptions=True)
+        await fleet.close()
+        watchdog.cancel()
+        await asyncio.gather(watchdog, return_exceptions=True)
+        crashed = (
+            gateway.proc is not None
+            and gateway.returncode is not None
+            and not gateway.ended_on_purpose(gateway.proc)
+        )
+        rc = await gateway.stop()
+        if crashed:
+            errors.append(
+                f"the gateway died during the demo (exit code {rc}):\n" + "\n".join(list(gateway.lines)[-20:])
+            )
+        elif rc != 0:
+            errors.append(
+                f"the gateway exited with code {rc} on SIGTERM:\n" + "\n".join(list(gateway.lines)[-20:])
+            )
+    db = read_db(workdir / "data" / DB_NAME)
+    errors = fleet.report().errors + errors
+    for t in db["transactions"]:
+        if t["state"] != "stopped":
+            errors.append(f"session {t['id']} on {t['charger_id']}/{t['connector_id']} did not end")
+    errors += check_energy(fleet, db["transactions"])
+    summary = summarize(
+        fleet,
+        db,
+        errors,
+        {
+            "chargers": len(creds),
+            "connectors": sum(c.connectors for c in creds),
+            "speed": args.speed,
+            "duration_s": round(time.monotonic() - t0, 1),
+            "simulated_hours": round(fleet.clock.sim() / 3600.0, 2),
+            "gateway_restarts": len(restarts),
+            "gateway_downtime_s": round(sum(restarts), 2),
+        },
+    )
+    summary["_transactions"] = db["transactions"]
+    return summary
+
+
+async def _watch_gateway(gateway: GatewayRunner, fleet: Fleet) -> None:
+    """Report a gateway that dies on its own (a kill by `--kill-gateway-at` is on purpose)."""
+    while True:
+        proc = gateway.proc
+        assert proc is not None
+        rc = await proc.wait()
+        if not gateway.ended_on_purpose(proc):
+            fleet.problems.add(f"the gateway process exited unexpectedly with code {rc}")
+            return
+        await gateway.ready.wait()  # restarted
+
+
+async def _kill_and_restart(
+    gateway: GatewayRunner, fleet: Fleet, after: float, downtimes: list[float]
+) -> None:
+    """SIGKILL the gateway mid-run (a power cut of the site controller) and start it again at once: sessions
+    go on offline on the chargers and must all end up in the database anyway."""
+    await asyncio.sleep(after)
+    t = time.monotonic()
+    await gateway.kill()
+    try:
+        await gateway.start()
+    except GatewayStartError as e:
+        fleet.problems.add(f"the gateway did not come back after SIGKILL: {e}")
+        return
+    downtimes.append(time.monotonic() - t)
+
+
+def pin_port(config_path: Path, ocpp_url: str) -> None:
+    port = int(ocpp_url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+    text = config_path.read_text()
+    assert "\nport = 0\n" in text
+    config_path.write_text(text.replace("\nport = 0\n", f"\nport = {port}\n"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from firmware_sim.scenarios import SCENARIOS
+
+    p = argparse.ArgumentParser(prog="chargegate demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--chargers", type=int, default=5, help="number of chargers (default 5)")
+    p.add_argument("--connectors", type=int, default=2, help="connectors per charger, odd ones (default 2)")
+    p.add_argument("--duration", type=float, default=40.0, help="real seconds of scenarios (default 40)")
+    p.add_argument(
+        "--speed", type=float, default=300.0, help="simulated seconds per real second (default 300)"
+    )
+    p.add_argument(
+        "--sample-interval",
+        type=int,
+        default=DEMO_SAMPLE_INTERVAL_S,
+        help=f"MeterValueSampleInterval set on every charger, s (default {DEMO_SAMPLE_INTERVAL_S})",
+    )
+    p.add_argument(
+        "--scenario", action="append", choices=sorted(SCENARIOS), help="restrict the mix (repeatable)"
+    )
+    p.add_argument("--seed", type=int, default=None, help="seed the scenario randomness")
+    p.add_argument(
+        "--kill-gateway-at",
+        type=float,
+        metavar="SECONDS",
+        help="SIGKILL the gateway this many seconds into the run and restart it (durability demo)",
+    )
+    p.add_argument("--json", action="store_true", help="headless: print one JSON object at the end")
+    p.add_argument(
+        "--keep", action="store_true", help="keep the temporary directory (config, database, logs)"
+    )
+    p.add_argument(
+        "--workdir", type=Path, help="use this (new or empty) directory instead of a temp dir; kept"
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    problems = []
+    if not 1 <= args.chargers <= 500:
+        problems.append("--chargers must be 1..500")
+    if not 1 <= args.connectors <= 4:
+        problems.append("--connectors must be 1..4")
+    if not args.duration > 0 or not args.speed > 0:
+        problems.append("--duration and --speed must be > 0")
+    if args.sample_interval < 0:
+        problems.append("--sample-interval must be >= 0")
+    if args.kill_gateway_at is not None and not 0 <= args.kill_gateway_at < args.duration:
+        problems.append("--kill-gateway-at must be within --duration")
+    if problems:
+        print("chargegate demo: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.CRITICAL,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.workdir is not None:
+        workdir = args.workdir
+        if workdir.exists() and any(workdir.iterdir()):
+            print(f"chargegate demo: --workdir {workdir} is not empty", file=sys.stderr)
+            return 2
+        workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        args.keep = True
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="chargegate-demo-"))
+    out = sys.stdout
+    try:
+        summary = asyncio.run(run_demo(args, workdir, out))
+    except KeyboardInterrupt:
+        print("\nchargegate demo: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if args.keep:
+            print(f"chargegate demo: kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    txs = summary.pop("_transactions", [])
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print_summary(summary, txs, out, args.speed)
+    return 1 if summary["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""The simulated charger's flash: small named blobs in a directory, each replaced atomically, files 0600."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+# Blob names are chosen by the agent; keep them to one safe path component.
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+# The agent keeps small things here (queue, config keys, local list); a blob this large is a bug, not data.
+MAX_BLOB_BYTES = 4 * 1024 * 1024
+
+
+class DirStorage:
+    def __init__(self, directory: str | os.PathLike[str], fsync: bool = False) -> None:
+        # fsync is off by default: a simulated reboot does not lose the page cache, and a fleet of agents
+        # fsyncing every queue update would measure the disk rather than the protocol. temp + rename keeps
+        # every blob whole either way.
+        self.fsync = fsync
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.writes = 0
+
+    def _path(self, name: str) -> Path:
+        if not isinstance(name, str) or not _NAME.match(name) or name.endswith(".tmp"):
+            raise ValueError(f"invalid storage blob name {name!r}")
+        return self.dir / name
+
+    def read(self, name: str) -> bytes | None:
+        try:
+            return self._path(name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write(self, name: str, data: bytes) -> None:
+        if isinstance(data, str):
+            data = data.encode()
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"storage blob {name!r} must be bytes, got {type(data).__name__}")
+        data = bytes(data)
+        if len(data) > MAX_BLOB_BYTES:
+            raise ValueError(f"storage blob {name!r} is {len(data)} bytes, more than {MAX_BLOB_BYTES}")
+        path = self._path(name)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(fd, data)
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        self.writes += 1
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.dir.iterdir() if p.is_file() and not p.name.endswith(".tmp"))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]

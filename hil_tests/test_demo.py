@@ -1,0 +1,135 @@
+"""`chargegate demo --json`: the whole site (gateway process + fleet of real agents) runs headless and its JSON
+report agrees with the gateway's database."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# 30 s of scenarios plus gateway start, registration, drain and stop; generous for a loaded 2-core box.
+DEMO_TIMEOUT_S = 180
+
+
+def test_demo_json_headless(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "demo",
+            "--chargers",
+            "5",
+            "--duration",
+            "30",
+            "--json",
+            "--seed",
+            "3",
+            "--workdir",
+            str(workdir),
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT_S,
+        check=False,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert lines, f"no output; stderr:\n{proc.stderr}"
+    report = json.loads(lines[-1])
+    assert report["errors"] == 0, json.dumps(report.get("error_messages"), indent=1) + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert report["sessions_completed"] > 0
+    assert report["sessions_started"] == report["sessions_completed"]
+    assert report["energy_kwh"] > 0
+    assert report["schema_problems"] == 0 and report["frames"] > 0
+    assert set(report["scenarios"]) == {
+        "arrive_tap_charge_leave",
+        "idle_after_full",
+        "remote_start",
+        "reboot_mid_session",
+        "network_outage",
+    }
+    assert report["charger_reboots"] > 0 and report["stop_reasons"].get("PowerLoss", 0) > 0
+    assert report["power_cuts"] > 0 and report["network_outages"] > 0
+    assert len(report["per_charger"]) == 5
+    assert abs(sum(c["energy_kwh"] for c in report["per_charger"].values()) - report["energy_kwh"]) < 0.01
+
+    # the report agrees with the gateway's database, and with what the simulated meters integrated
+    conn = sqlite3.connect(f"file:{workdir / 'data' / 'chargegate.db'}?mode=ro", uri=True)
+    try:
+        stopped, active, wh = conn.execute(
+            "SELECT SUM(state = 'stopped'), SUM(state = 'active'), SUM(energy_wh) FROM transactions"
+        ).fetchone()
+        samples = conn.execute("SELECT COUNT(*) FROM meter_samples").fetchone()[0]
+    finally:
+        conn.close()
+    assert active == 0
+    assert stopped == report["sessions_completed"]
+    assert round(wh / 1000.0, 3) == report["energy_kwh"]
+    # 1 Wh per session tolerance: the agent reads the register an instant before its contactor opens
+    assert abs(report["energy_kwh"] - report["sim_energy_kwh"]) * 1000 <= report["sessions_completed"] + 0.5
+    assert samples == report["meter_samples"] > 0
+    # the config the demo wrote holds passwords: private
+    assert (os.stat(workdir / "site.toml").st_mode & 0o077) == 0
+
+
+def test_chargegate_demo_forwards_its_arguments() -> None:
+    """`chargegate demo ARGS` reaches firmware_sim.demo with ARGS (checked without starting anything: a bad
+    argument must come back with the demo's own message)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "demo", "--chargers", "0", "--json"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "chargegate demo: --chargers must be 1..500" in proc.stderr
+
+
+def test_demo_survives_a_gateway_sigkill(tmp_path: Path) -> None:
+    """The site controller loses power mid-run: chargers carry on offline, and every session still ends up in
+    the database with the metered energy."""
+    workdir = tmp_path / "demo"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "demo",
+            "--chargers",
+            "3",
+            "--duration",
+            "20",
+            "--kill-gateway-at",
+            "6",
+            "--json",
+            "--seed",
+            "5",
+            "--workdir",
+            str(workdir),
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT_S,
+        check=False,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert lines, f"no output; stderr:\n{proc.stderr}"
+    report = json.loads(lines[-1])
+    assert report["errors"] == 0, json.dumps(report.get("error_messages"), indent=1) + proc.stderr[-3000:]
+    assert proc.returncode == 0
+    assert report["gateway_restarts"] == 1
+    assert report["sessions_completed"] == report["sessions_started"] > 0
+    assert abs(report["energy_kwh"] - report["sim_energy_kwh"]) * 1000 <= report["sessions_completed"] + 0.5
