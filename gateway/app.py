@@ -11,6 +11,7 @@ import signal
 import sqlite3
 from typing import Any
 
+import gateway.subsystems  # noqa: F401  (config sections and store migrations of every subsystem)
 from gateway.auth.charger_lists import ChargerLists
 from gateway.auth.service import AuthService
 from gateway.config import SiteConfig
@@ -18,6 +19,10 @@ from gateway.control import ControlServer
 from gateway.csms import Csms, CsmsHooks
 from gateway.errors import ChargegateError, CommandError
 from gateway.events import StatusBus
+from gateway.loadmgmt.config import LoadSection
+from gateway.loadmgmt.service import HubMeterSource, LoadManager
+from gateway.meters.hub import MeterHub
+from gateway.meters.session_energy import SessionMeters
 from gateway.server import FrameTrace, OcppServer
 from gateway.store import Store
 from gateway.uplink import Uplink
@@ -34,8 +39,15 @@ class Gateway:
         self.status_bus = StatusBus()
         self.hooks = CsmsHooks()
         self.auth = AuthService(self.store, cfg.auth)
+        self.meters = MeterHub.from_config(cfg)
         self.csms = Csms(
-            cfg, self.store, self.status_bus, self.auth, self.hooks, session_record=build_session_record
+            cfg,
+            self.store,
+            self.status_bus,
+            self.auth,
+            self.hooks,
+            session_record=build_session_record,
+            session_meters=SessionMeters(self.meters) if self.meters.meters else None,
         )
         self.server = OcppServer(cfg, self.csms, on_frame=on_frame)
         self.auth.set_commands(self.server)
@@ -46,6 +58,18 @@ class Gateway:
             self.charger_lists = ChargerLists(self.store, self.auth, self.server)
             self.hooks.charger_booted.append(self.charger_lists.on_charger_booted)
         self.control = ControlServer(cfg.control_socket)
+        self.control.register("meters.status", self.meters.op_status)
+        self.load: LoadManager | None = None
+        load_cfg = cfg.sections.get("load")
+        if isinstance(load_cfg, LoadSection) and load_cfg.enabled:
+            self.load = LoadManager(load_cfg, cfg.chargers, self.server, HubMeterSource(self.meters))
+            self.meters.subscribe(self.load.on_meter_reading)
+            self.hooks.charger_booted.append(self.load.on_charger_booted)
+            self.hooks.transaction_started.append(self.load.on_transaction_started)
+            self.hooks.transaction_stopped.append(self.load.on_transaction_stopped)
+            self.hooks.current_reported.append(self.load.on_charger_current)
+            self.control.register("load.set_site_limit", self.load.op_set_site_limit)
+            self.control.register("load.status", self.load.op_status)
         self.uplink: Uplink | None = None
         self._uplink_task: asyncio.Task[None] | None = None
         up_cfg = cfg.sections.get("uplink")
@@ -57,6 +81,7 @@ class Gateway:
                 cfg.site.id,
                 commands=self.server,
                 token_sink=self.auth,
+                site_limit_sink=self.load,
                 base_dir=cfg.path.parent,
             )
             self.auth.set_emsp(self.uplink.authorizer)
@@ -106,6 +131,17 @@ class Gateway:
         # Nobody is connected to a gateway that has just started, whatever the last process wrote.
         await self.store.write(lambda conn: conn.execute("UPDATE chargers SET connected = 0"))
         await self.auth.start()
+        await self.meters.start()
+        if self.load is not None:
+            # Sessions that were running when the last process stopped keep their share (and their lease).
+            active = self.store.read(
+                lambda c: c.execute(
+                    "SELECT charger_id, connector_id, id FROM transactions WHERE state = 'active'"
+                ).fetchall()
+            )
+            for row in active:
+                await self.load.on_transaction_started(row[0], int(row[1]), int(row[2]))
+            await self.load.start()
         await self.server.start()
         if self.uplink is not None:
             self._uplink_task = asyncio.create_task(self.uplink.run(), name="uplink")
@@ -140,6 +176,9 @@ class Gateway:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._uplink_task
             await self.server.close()
+            if self.load is not None:
+                await self.load.stop()
+            await self.meters.stop()
             self.store.close()
 
 

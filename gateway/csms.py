@@ -40,6 +40,24 @@ class Authorizer(Protocol):
     ) -> None: ...
 
 
+class SessionMeterCheck(Protocol):
+    """Optional: a connector meter's view of each session (gateway/meters/session_energy.py)."""
+
+    def on_start(
+        self, conn: sqlite3.Connection, tx_id: int, charger_id: str, connector_id: int, now: float
+    ) -> None: ...
+
+    def on_stop(
+        self,
+        conn: sqlite3.Connection,
+        tx_id: int,
+        charger_id: str,
+        connector_id: int,
+        charger_wh: float | None,
+        now: float,
+    ) -> dict[str, Any] | None: ...
+
+
 class SessionRecordBuilder(Protocol):
     def __call__(self, conn: sqlite3.Connection, transaction_id: int) -> dict[str, Any]: ...
 
@@ -59,6 +77,8 @@ class CsmsHooks:
     charger_booted: list[Callable[[str], Awaitable[None]]] = field(default_factory=list)
     transaction_started: list[Callable[[str, int, int], Awaitable[None]]] = field(default_factory=list)
     transaction_stopped: list[Callable[[str, int, int], Awaitable[None]]] = field(default_factory=list)
+    # (charger, connector, amps): the highest phase's Current.Import a charger reported; called after commit.
+    current_reported: list[Callable[[str, int, float], None]] = field(default_factory=list)
 
 
 @dataclass
@@ -111,6 +131,7 @@ class Csms:
         authorizer: Authorizer,
         hooks: CsmsHooks | None = None,
         session_record: SessionRecordBuilder | None = None,
+        session_meters: SessionMeterCheck | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -120,6 +141,7 @@ class Csms:
         self.authorizer = authorizer
         self.hooks = hooks or CsmsHooks()
         self.session_record = session_record or _minimal_session_record
+        self.session_meters = session_meters
         self.clock = clock
         self.wall = wall
         self._handlers: dict[str, Callable[[ConnectionState, dict[str, Any]], Awaitable[Reply]]] = {
@@ -355,6 +377,8 @@ class Csms:
             tx_id = cur.lastrowid
             assert tx_id is not None
             self.authorizer.record(conn, decision, transaction_id=tx_id)
+            if self.session_meters is not None:
+                self.session_meters.on_start(conn, tx_id, cid, connector, now)
             events.emit(
                 conn,
                 events.SESSION_STARTED,
@@ -457,6 +481,11 @@ class Csms:
                 )
 
         await self.store.write(op)
+        if self.hooks.current_reported:
+            amps = _max_current_import(p["meterValue"])
+            if amps is not None:
+                for hook in self.hooks.current_reported:
+                    hook(cid, connector, amps)
         return Reply({})
 
     async def stop_transaction(self, st: ConnectionState, p: dict[str, Any]) -> Reply:
@@ -506,19 +535,26 @@ class Csms:
             )
             if decision is not None:
                 self.authorizer.record(conn, decision, transaction_id=tx_id)
+            stopped: dict[str, Any] = {
+                "tx": tx_id,
+                "charger": cid,
+                "connector": connector,
+                "meter_stop_wh": meter_stop,
+                "energy_wh": energy,
+                "stop": ts,
+                "reason": reason,
+                "id_tag": stop_tag,
+            }
+            if self.session_meters is not None:
+                # A charger without a meter of its own reports 0 -> 0: then the connector meter bills.
+                charger_wh = None if meter_stop == 0 and int(row["meter_start"]) == 0 else energy
+                metered = self.session_meters.on_stop(conn, tx_id, cid, connector, charger_wh, now)
+                if metered is not None:
+                    stopped.update(metered)
             events.emit(
                 conn,
                 events.SESSION_STOPPED,
-                {
-                    "tx": tx_id,
-                    "charger": cid,
-                    "connector": connector,
-                    "meter_stop_wh": meter_stop,
-                    "energy_wh": energy,
-                    "stop": ts,
-                    "reason": reason,
-                    "id_tag": stop_tag,
-                },
+                stopped,
                 charger_id=cid,
                 charger_ts=ts,
                 now=now,
@@ -557,6 +593,22 @@ class Csms:
         await self.store.write(
             lambda conn: conn.execute(f"UPDATE chargers SET {column} = ? WHERE id = ?", (status, cid))
         )
+
+
+def _max_current_import(meter_values: list[dict[str, Any]]) -> float | None:
+    """Highest per-phase Current.Import (A) in the newest sampled values that carry one."""
+    best: float | None = None
+    for mv in reversed(meter_values):
+        for sv in mv["sampledValue"]:
+            if sv.get("measurand") == "Current.Import" and sv.get("unit", "A") == "A":
+                try:
+                    value = float(sv["value"])
+                except ValueError:
+                    continue
+                best = value if best is None else max(best, value)
+        if best is not None:
+            return best
+    return None
 
 
 def _compact_sample(sv: dict[str, Any]) -> list[Any]:

@@ -1,0 +1,350 @@
+"""LoadManager: the async glue between meters, transactions and chargers.
+
+Inputs: grid and charger meter readings (a MeterSource, e.g. the MeterHub), transactions through the hooks
+on_transaction_started/stopped, charger boots through on_charger_booted, the site limit through set_site_limit.
+Output: SetChargingProfile calls through ChargerCommands. All decisions are the Allocator's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gateway.commands import ChargerCommands
+from gateway.config import ChargerSection
+from gateway.errors import ChargegateError
+from gateway.loadmgmt.allocator import (
+    Allocation,
+    Allocator,
+    AllocatorParams,
+    Decision,
+    Overdraw,
+    SessionInput,
+    SessionKey,
+)
+from gateway.loadmgmt.config import LoadSection
+from gateway.loadmgmt.profiles import tx_default_profile, tx_profile
+from gateway.meters.hub import MeterHub
+from gateway.meters.reading import MeterReading
+
+log = logging.getLogger(__name__)
+
+Phases = tuple[float, float, float]
+
+# A current the charger itself reported (MeterValues Current.Import) counts for this long.
+REPORTED_CURRENT_TTL = 30.0
+
+
+class MeterSource(Protocol):
+    def grid(self) -> tuple[Phases, float] | None:
+        """Fresh per-phase grid current and the monotonic time it was sampled; None when there is no grid meter
+        or it is stale."""
+        ...
+
+    def session_current(self, charger_id: str, connector_id: int, at: float | None = None) -> float | None:
+        """Fresh max-phase current of this connector's (or charger's) meter, as sampled closest to monotonic time
+        `at` (the latest taken no later than the grid sample, so both describe the same moment); None when
+        unmetered or stale."""
+        ...
+
+    def has_meter(self, charger_id: str, connector_id: int) -> bool:
+        """Whether a meter is configured for this connector (or its whole charger)."""
+        ...
+
+
+# Readings kept per charger meter for aligning them with the grid sample (a few poll cycles).
+_HISTORY = 16
+
+
+class HubMeterSource:
+    """MeterSource over a gateway.meters.hub.MeterHub."""
+
+    def __init__(self, hub: MeterHub) -> None:
+        self.hub = hub
+        self._history: dict[str, deque[tuple[float, float]]] = {}
+        hub.subscribe(self._on_reading)
+
+    def _on_reading(self, r: MeterReading) -> None:
+        pc = r.phase_currents()
+        if pc is not None:
+            self._history.setdefault(r.meter_id, deque(maxlen=_HISTORY)).append((r.monotonic, max(pc)))
+
+    def grid(self) -> tuple[Phases, float] | None:
+        mid = self.hub.grid_meter_id()
+        r = None if mid is None else self.hub.fresh(mid)
+        if r is None:
+            return None
+        pc = r.phase_currents()
+        return None if pc is None else (pc, float(r.monotonic))
+
+    def has_meter(self, charger_id: str, connector_id: int) -> bool:
+        return self.hub.charger_meter_id(charger_id, connector_id) is not None
+
+    def session_current(self, charger_id: str, connector_id: int, at: float | None = None) -> float | None:
+        mid = self.hub.charger_meter_id(charger_id, connector_id)
+        if mid is None or self.hub.fresh(mid) is None:
+            return None
+        hist = self._history.get(mid)
+        if not hist:
+            return None
+        if at is None:
+            return hist[-1][1]
+        # The latest reading taken no later than the grid sample: a reading taken after it may already show an EV
+        # change the grid reading does not (which made the building load look 6 A higher, then lower, and so on).
+        before = [h for h in hist if h[0] <= at]
+        return before[-1][1] if before else hist[0][1]
+
+
+@dataclass
+class _Session:
+    key: SessionKey
+    transaction_id: int
+    started_at: float
+    renewed_at: float | None = None  # monotonic time the TxProfile lease was last (re)sent
+
+
+class LoadManager:
+    def __init__(
+        self,
+        cfg: LoadSection,
+        chargers: Iterable[ChargerSection],
+        commands: ChargerCommands,
+        meters: MeterSource | None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        on_overdraw: Callable[[Overdraw], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.chargers = {c.id: c for c in chargers}
+        self.commands = commands
+        self.meters = meters
+        self.clock = clock
+        self.wall = wall
+        self.on_overdraw = on_overdraw
+        self.allocator = Allocator(
+            AllocatorParams(
+                site_limit=cfg.site_limit_a,
+                min_current=cfg.min_current_a,
+                margin=cfg.margin_a,
+                building_reserve=cfg.building_reserve_a,
+                hysteresis=cfg.hysteresis_a,
+                min_change_interval=cfg.min_change_interval_s,
+                overdraw_tolerance=cfg.overdraw_tolerance_a,
+                overdraw_grace=cfg.overdraw_grace_s,
+                other_load_hold=cfg.building_load_hold_s,
+            )
+        )
+        self.sessions: dict[SessionKey, _Session] = {}
+        self._reported: dict[SessionKey, tuple[float, float]] = {}  # key -> (amps, monotonic)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.last: Allocation | None = None
+        self.overdraws: list[Overdraw] = []
+        self.sends = 0
+        worst = len(self.chargers) * cfg.safe_current_a + cfg.building_reserve_a
+        if worst > cfg.site_limit_a:
+            log.warning(
+                "load: %d chargers x safe_current_a %.0f A + building_reserve_a %.0f A = %.0f A exceeds the site "
+                "limit %.0f A: the fail-safe (gateway down) cannot guarantee the limit",
+                len(self.chargers),
+                cfg.safe_current_a,
+                cfg.building_reserve_a,
+                worst,
+                cfg.site_limit_a,
+            )
+
+    # ---- hooks (called by the OCPP server / composition root) ------------------------------------------------
+    # The hooks are coroutines so they fit gateway.csms.CsmsHooks (run as tasks after the answer is on the wire).
+    async def on_charger_booted(self, charger_id: str) -> None:
+        """Give the charger its fail-safe TxDefaultProfile."""
+        await self._send_default(charger_id)
+
+    async def on_transaction_started(self, charger_id: str, connector_id: int, transaction_id: int) -> None:
+        key = (charger_id, connector_id)
+        self.allocator.forget(key)
+        self.sessions[key] = _Session(key, transaction_id, self.clock())
+        self._wake.set()
+
+    async def on_transaction_stopped(
+        self, charger_id: str, connector_id: int, transaction_id: int | None = None
+    ) -> None:
+        key = (charger_id, connector_id)
+        s = self.sessions.get(key)
+        if s is not None and (transaction_id is None or s.transaction_id == transaction_id):
+            del self.sessions[key]
+            self.allocator.forget(key)
+            self._reported.pop(key, None)
+            self._wake.set()
+
+    def on_charger_current(self, charger_id: str, connector_id: int, amps: float) -> None:
+        """Max-phase current the charger reported itself (MeterValues Current.Import); used when unmetered."""
+        self._reported[(charger_id, connector_id)] = (amps, self.clock())
+
+    def on_meter_reading(self, _reading: object = None) -> None:
+        """Subscribe this to the MeterHub: a new reading triggers an allocation round."""
+        self._wake.set()
+
+    def set_site_limit(self, amps: float) -> None:
+        """Change the site limit at run time (eMSP downlink, control socket). Raises ValueError on bad input."""
+        if isinstance(amps, bool) or not isinstance(amps, int | float):
+            raise ValueError("site limit must be a number")
+        if not 0 <= float(amps) <= 10000:
+            raise ValueError("site limit must be 0..10000 A")
+        self.allocator.set_site_limit(float(amps))
+        log.info("load: site limit set to %.1f A", amps)
+        self._wake.set()
+
+    # ---- loop -------------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="load-manager")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._task,) if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._task = None
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.cfg.control_interval_s)
+            self._wake.clear()
+            try:
+                await self.step()
+            except Exception:  # one bad round must not end load management
+                log.exception("load: allocation round failed")
+
+    def _inputs(self, at: float | None) -> list[SessionInput]:
+        now = self.clock()
+        out = []
+        for s in self.sessions.values():
+            cid, conn = s.key
+            charger = self.chargers.get(cid)
+            metered = self.meters is not None and self.meters.has_meter(cid, conn)
+            measured = self.meters.session_current(cid, conn, at) if self.meters is not None else None
+            if measured is None and not metered and s.key in self._reported:
+                amps, at = self._reported[s.key]
+                if now - at <= REPORTED_CURRENT_TTL:
+                    measured = amps
+            out.append(
+                SessionInput(
+                    key=s.key,
+                    transaction_id=s.transaction_id,
+                    started_at=s.started_at,
+                    max_current=charger.max_current if charger is not None else self.cfg.safe_current_a,
+                    priority=self.cfg.priorities.get(cid, 0),
+                    measured=measured,
+                    metered=metered,
+                )
+            )
+        return out
+
+    async def step(self) -> Allocation:
+        """One allocation round: compute, then send decreases, then increases, then lease renewals."""
+        sample = self.meters.grid() if self.meters is not None else None
+        grid, at = (None, None) if sample is None else sample
+        alloc = self.allocator.allocate(self._inputs(at), grid, self.clock(), at)
+        self.last = alloc
+        for o in alloc.overdraws:
+            log.warning(
+                "load: charger %s connector %d draws %.1f A over its %.0f A limit",
+                o.key[0],
+                o.key[1],
+                o.measured,
+                o.limit,
+            )
+            self.overdraws.append(o)
+            if self.on_overdraw is not None:
+                self.on_overdraw(o)
+        decreases = [d for d in alloc.changes if d.previous is not None and d.limit < d.previous]
+        increases = [d for d in alloc.changes if d not in decreases]
+        # Decreases must land before increases, or the site is briefly over its limit.
+        await asyncio.gather(*(self._apply(d) for d in decreases))
+        await asyncio.gather(*(self._apply(d) for d in increases))
+        changed = {d.key for d in alloc.changes}
+        now = self.clock()
+        renew = []
+        for s in self.sessions.values():
+            sent = self.allocator.sent_limit(s.key)
+            if s.key in changed or sent is None or s.renewed_at is None:
+                continue
+            if now - s.renewed_at >= self.cfg.profile_lease_s / 3:
+                renew.append(Decision(s.key, s.transaction_id, sent, sent))
+        await asyncio.gather(*(self._apply(d) for d in renew))
+        return alloc
+
+    async def _apply(self, d: Decision) -> None:
+        cid, conn = d.key
+        payload = tx_profile(conn, d.transaction_id, d.limit, self.wall(), self.cfg.profile_lease_s)
+        if await self._call(cid, payload):
+            self.allocator.confirm(d.key, d.limit, self.clock())
+            s = self.sessions.get(d.key)
+            if s is not None:
+                s.renewed_at = self.clock()
+
+    async def _send_default(self, charger_id: str) -> None:
+        await self._call(charger_id, tx_default_profile(self.cfg.safe_current_a))
+
+    async def _call(self, charger_id: str, payload: dict[str, Any]) -> bool:
+        self.sends += 1
+        try:
+            answer = await asyncio.wait_for(
+                self.commands.call(charger_id, "SetChargingProfile", payload), self.cfg.command_timeout_s
+            )
+        except (ChargegateError, TimeoutError) as e:
+            log.warning("load: SetChargingProfile to %s failed: %s", charger_id, e)
+            return False
+        status = answer.get("status")
+        if status != "Accepted":
+            log.warning("load: charger %s answered SetChargingProfile with %s", charger_id, status)
+            return False
+        return True
+
+    # ---- control socket ops (the lead registers them: control.register("load.set_site_limit", lm.op_set_site_limit))
+    async def op_set_site_limit(self, req: dict[str, Any]) -> Any:
+        amps = req.get("amps")
+        try:
+            self.set_site_limit(amps)  # type: ignore[arg-type]
+        except ValueError as e:
+            from gateway.errors import CommandError
+
+            raise CommandError(str(e)) from None
+        return {"site_limit_a": self.allocator.params.site_limit}
+
+    async def op_status(self, req: dict[str, Any]) -> Any:
+        return self.status()
+
+    def status(self) -> dict[str, Any]:
+        a = self.last
+        return {
+            "site_limit_a": self.allocator.params.site_limit,
+            "mode": None if a is None else a.mode,
+            "available_a": None if a is None else a.available,
+            "other_load_a": None if a is None else a.other_load,
+            "sessions": {
+                f"{k[0]}/{k[1]}": {
+                    "transaction_id": s.transaction_id,
+                    "limit_a": self.allocator.sent_limit(k),
+                    "target_a": None if a is None else a.targets.get(k),
+                }
+                for k, s in self.sessions.items()
+            },
+            "overdraws": [
+                {
+                    "charger_id": o.key[0],
+                    "connector_id": o.key[1],
+                    "limit_a": o.limit,
+                    "measured_a": o.measured,
+                }
+                for o in self.overdraws[-20:]
+            ],
+        }
