@@ -941,6 +941,9 @@ class ChargePointCore:
         tx = c.tx
         if tx is None:
             return
+        # Open the contactor first, then read the register: energy that flows between the reading and the relay
+        # opening would otherwise be delivered but never billed.
+        self._set_relay(c, False)
         ts = iso_utc(self.hal.wall_time())
         meter = int(self.hal.meter_wh(c.cid))
         if meter < tx["meter_start"]:
@@ -954,7 +957,6 @@ class ChargePointCore:
             data.append(self._meter_value(c, measurands, "Transaction.End", ts))
             payload["transactionData"] = data
         c.tx = None
-        self._set_relay(c, False)
         self._save_transactions()
         if self.smart is not None:
             self.smart.transaction_ended(c.cid, tx["local"])
