@@ -33,7 +33,7 @@ from agent.port_cpython import run_charge_point
 from firmware_sim.clock import SimClock
 from firmware_sim.hal import SimHal
 from firmware_sim.netcut import NetLink
-from firmware_sim.ocpp_trace import FrameChecker
+from firmware_sim.ocpp_check import FrameChecker
 
 log = logging.getLogger("chargegate.sim")
 

@@ -25,7 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
-from hil_tests.ocpp_schema import CALL, CALLERROR, CALLRESULT, FROM_GATEWAY, TO_GATEWAY, FrameChecker
+from firmware_sim.ocpp_check import CALL, CALLERROR, CALLRESULT, FROM_GATEWAY, TO_GATEWAY, FrameChecker
 
 # How long a test waits for the gateway's answer to one CALL. Generous: the box is a shared 2-core machine and the
 # gateway commits to SQLite (fsync) before it answers; a healthy gateway answers in milliseconds.

@@ -3,7 +3,7 @@
 Each test drives one charger through a session the way the world would (EV plugs in, card taps, the EV leaves,
 the power fails, the network drops) and then holds the gateway's SQLite record against the simulator's ground
 truth: the Wh register of the SimHal meter. Every frame either side sends is checked against the official
-OCPP 1.6 JSON schemas (hil_tests/ocpp_schema.py) through the port's on_frame hook.
+OCPP 1.6 JSON schemas (firmware_sim/ocpp_check.py) through the port's on_frame hook.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any
 from firmware_sim.ev import Ev, EvSpec
 from firmware_sim.fleet import ChargerCreds, Fleet
 from firmware_sim.netcut import NetLink
+from firmware_sim.ocpp_check import FROM_GATEWAY, TO_GATEWAY, FrameChecker
 from firmware_sim.scenarios import ConnectorCtx
 from hil_tests.gateway_proc import ChargerSpec, GatewayProcess
-from hil_tests.ocpp_schema import FROM_GATEWAY, TO_GATEWAY, FrameChecker
 
 TAG = "04A2B3C4D5E6F7"
 # Simulated seconds per real second: 30 simulated minutes of charging take 3 s.

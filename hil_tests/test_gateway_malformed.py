@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from firmware_sim.ocpp_check import ERROR_CODES_16, FROM_GATEWAY
 from hil_tests.gateway_proc import GatewayProcess
-from hil_tests.ocpp_schema import ERROR_CODES_16, FROM_GATEWAY
 from hil_tests.rawclient import RawChargePoint, assert_clean, now_iso, run_async
 
 MAX_FRAME = 4096

@@ -1,5 +1,5 @@
-"""Pure parts of the fleet runner and the demo: config loading, masking, the frame checker, the energy check,
-and the network-cut relay on loopback."""
+"""Pure parts of the fleet runner and the demo: config loading, masking, the energy check, and the network-cut
+relay on loopback (the frame checker is tested in test_ocpp_check.py)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,7 @@ import pytest
 from firmware_sim import demo, fleet
 from firmware_sim.fleet import ChargerCreds, Visit, load_password_file, load_site_chargers, mask_token
 from firmware_sim.netcut import NetLink
-from firmware_sim.ocpp_trace import FrameChecker
 from gateway.config import load_config
-
-START = '[2,"1","StartTransaction",{"connectorId":1,"idTag":"04A2B3C4D5E6F7","meterStart":0,"timestamp":"2026-01-01T00:00:00Z"}]'
 
 
 def test_mask_token():
@@ -83,58 +80,6 @@ def test_demo_cli_validates_arguments(capsys):
     assert demo.main(["--chargers", "0"]) == 2
     assert "--chargers must be" in capsys.readouterr().err
     assert demo.main(["--duration", "-1"]) == 2
-
-
-# -- frame checker ----------------------------------------------------------------------------------------------
-def test_frame_checker_accepts_a_valid_exchange():
-    c = FrameChecker("CP1")
-    c.on_frame("tx", START)
-    c.on_frame("rx", '[3,"1",{"transactionId":5,"idTagInfo":{"status":"Accepted"}}]')
-    c.on_frame("rx", '[2,"g1","Reset",{"type":"Hard"}]')
-    c.on_frame("tx", '[3,"g1",{"status":"Accepted"}]')
-    c.on_frame("rx", '[2,"g2","ChangeConfiguration",{"key":"MeterValueSampleInterval","value":"5"}]')
-    c.on_frame("tx", '[4,"g2","NotSupported","",{}]')
-    assert c.problems == [] and c.frames == 6
-
-
-@pytest.mark.parametrize(
-    ("frames", "expected"),
-    [
-        ([START.replace("2026-01-01T00:00:00Z", "yesterday")], "date-time"),
-        ([START.replace('"meterStart":0', '"meterStart":"0"')], "not of type 'integer'"),
-        ([START, '[3,"1",{"transactionId":5}]'], "'idTagInfo' is a required property"),
-        (['[3,"nope",{}]'], "unknown message id"),
-        (['[4,"1","Oops","",{}]'], "OCPP error code"),
-        (["not json"], "not JSON"),
-        (['[2,"' + "x" * 40 + '","Heartbeat",{}]'], "bad message id"),
-        (['[2,"1","Heartbeat",{"extra":1}]'], "Additional properties"),
-    ],
-)
-def test_frame_checker_reports_violations(frames, expected):
-    c = FrameChecker("CP1")
-    for f in frames:
-        c.on_frame("tx" if f is frames[0] else "rx", f)
-    assert any(expected in p for p in c.problems), c.problems
-
-
-def test_frame_checker_decimal_multiple_of():
-    # multipleOf 0.1 must hold for 21.4 (binary floats would fail it)
-    c = FrameChecker()
-    profile = {
-        "connectorId": 1,
-        "csChargingProfiles": {
-            "chargingProfileId": 1,
-            "stackLevel": 0,
-            "chargingProfilePurpose": "TxDefaultProfile",
-            "chargingProfileKind": "Absolute",
-            "chargingSchedule": {
-                "chargingRateUnit": "A",
-                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 21.4}],
-            },
-        },
-    }
-    c.on_frame("rx", json.dumps([2, "p", "SetChargingProfile", profile]))
-    assert c.problems == []
 
 
 # -- the demo's energy check ----------------------------------------------------------------------------------------
