@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== ruff"
 .venv/bin/ruff check .
-echo "== mypy (gateway, strict)"
+echo "== mypy (gateway, simulator, agent CPython port: strict)"
 .venv/bin/mypy
 if [ -f scripts/check_agent_types.sh ]; then
   echo "== agent types against MicroPython stubs"
