@@ -9,12 +9,15 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # mosquitto: the real MQTT broker the uplink tests start; socat: serial/pty plumbing; nodejs+npm: MicroPython (wasm)
 # under Node for the agent core's tests; openssl: test CAs; python3-venv: Debian splits venv out of python3.
 need_pkgs=()
+command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_pkgs+=(mosquitto)
 command -v socat >/dev/null 2>&1 || need_pkgs+=(socat)
 command -v node >/dev/null 2>&1 || need_pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
-python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  need_pkgs+=(python3-venv)
+fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "setup: installing system packages: ${need_pkgs[*]}"
   $SUDO apt-get update -qq
