@@ -225,7 +225,8 @@ def test_gateway_sigkill_chargers_fall_back_to_default_profile_then_recover(
                     hal.plug_in(1, Ev(EV22, soc=0.2, id_tag=tag))
                     hal.tap(tag)
                 assert await _poll(
-                    lambda: all(fleet.charger(cid).transaction_id(1) is not None for cid in IDS),
+                    # the gateway's id, not the agent's provisional negative one before StartTransaction.conf
+                    lambda: all((fleet.charger(cid).transaction_id(1) or 0) > 0 for cid in IDS),
                     SESSIONS_TIMEOUT_S,
                 ), {cid: fleet.charger(cid).status(1) for cid in IDS}
                 r["tx_ids"] = {cid: fleet.charger(cid).transaction_id(1) for cid in IDS}

@@ -2,7 +2,9 @@
 
 Inputs: grid and charger meter readings (a MeterSource, e.g. the MeterHub), transactions through the hooks
 on_transaction_started/stopped, charger boots through on_charger_booted, the site limit through set_site_limit.
-Output: SetChargingProfile calls through ChargerCommands. All decisions are the Allocator's.
+Output: SetChargingProfile calls through ChargerCommands, only to chargers that are connected (a charger that is not
+keeps the limit in force on it until its lease runs out; the Allocator counts that). All decisions are the
+Allocator's.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from gateway.commands import ChargerCommands
 from gateway.config import ChargerSection
@@ -39,6 +41,13 @@ Phases = tuple[float, float, float]
 
 # A current the charger itself reported (MeterValues Current.Import) counts for this long.
 REPORTED_CURRENT_TTL = 30.0
+
+# Outcomes of one SetChargingProfile: the charger accepted it; it answered that it did not apply it; or no answer
+# came (timeout, connection lost, ...), so it may or may not have applied it.
+Outcome = Literal["accepted", "refused", "unknown"]
+ACCEPTED: Outcome = "accepted"
+REFUSED: Outcome = "refused"
+UNKNOWN: Outcome = "unknown"
 
 
 class MeterSource(Protocol):
@@ -138,6 +147,8 @@ class LoadManager:
                 overdraw_tolerance=cfg.overdraw_tolerance_a,
                 overdraw_grace=cfg.overdraw_grace_s,
                 other_load_hold=cfg.building_load_hold_s,
+                lease=float(cfg.profile_lease_s),
+                fallback_current=cfg.safe_current_a,
             )
         )
         self.sessions: dict[SessionKey, _Session] = {}
@@ -147,6 +158,8 @@ class LoadManager:
         self.last: Allocation | None = None
         self.overdraws: list[Overdraw] = []
         self.sends = 0
+        self._unreachable: set[str] = set()  # chargers with a session found not connected (logged once)
+        self._failing: set[str] = set()  # chargers whose last SetChargingProfile failed (logged once)
         worst = len(self.chargers) * cfg.safe_current_a + cfg.building_reserve_a
         if worst > cfg.site_limit_a:
             log.warning(
@@ -162,8 +175,10 @@ class LoadManager:
     # ---- hooks (called by the OCPP server / composition root) ------------------------------------------------
     # The hooks are coroutines so they fit gateway.csms.CsmsHooks (run as tasks after the answer is on the wire).
     async def on_charger_booted(self, charger_id: str) -> None:
-        """Give the charger its fail-safe TxDefaultProfile."""
+        """Give the charger its fail-safe TxDefaultProfile, then run a round at once: after a reconnect its session
+        limit (or lease renewal) goes out right away instead of at the next meter reading or control interval."""
         await self._send_default(charger_id)
+        self._wake.set()
 
     async def on_transaction_started(self, charger_id: str, connector_id: int, transaction_id: int) -> None:
         key = (charger_id, connector_id)
@@ -223,7 +238,7 @@ class LoadManager:
             except Exception:  # one bad round must not end load management
                 log.exception("load: allocation round failed")
 
-    def _inputs(self, at: float | None) -> list[SessionInput]:
+    def _inputs(self, at: float | None, online: set[str]) -> list[SessionInput]:
         now = self.clock()
         out = []
         for s in self.sessions.values():
@@ -232,8 +247,8 @@ class LoadManager:
             metered = self.meters is not None and self.meters.has_meter(cid, conn)
             measured = self.meters.session_current(cid, conn, at) if self.meters is not None else None
             if measured is None and not metered and s.key in self._reported:
-                amps, at = self._reported[s.key]
-                if now - at <= REPORTED_CURRENT_TTL:
+                amps, reported_at = self._reported[s.key]
+                if now - reported_at <= REPORTED_CURRENT_TTL:
                     measured = amps
             out.append(
                 SessionInput(
@@ -244,15 +259,29 @@ class LoadManager:
                     priority=self.cfg.priorities.get(cid, 0),
                     measured=measured,
                     metered=metered,
+                    reachable=cid in online,
                 )
             )
         return out
 
+    def _track_reachability(self, online: set[str]) -> None:
+        """Log once per disconnect (not once per round) that a charger with a session cannot be told anything."""
+        with_sessions = {cid for cid, _ in self.sessions}
+        for cid in sorted(with_sessions - online - self._unreachable):
+            log.info("load: charger %s unreachable; its limit stays in force until its lease runs out", cid)
+            self._unreachable.add(cid)
+        for cid in sorted(self._unreachable & online):
+            log.info("load: charger %s reachable again", cid)
+            self._unreachable.discard(cid)
+
     async def step(self) -> Allocation:
-        """One allocation round: compute, then send decreases, then increases, then lease renewals."""
+        """One allocation round: compute, then send decreases, then increases (none if a decrease failed), then
+        lease renewals; nothing to chargers that are not connected."""
+        online = set(self.commands.connected())
+        self._track_reachability(online)
         sample = self.meters.grid() if self.meters is not None else None
         grid, at = (None, None) if sample is None else sample
-        alloc = self.allocator.allocate(self._inputs(at), grid, self.clock(), at)
+        alloc = self.allocator.allocate(self._inputs(at, online), grid, self.clock(), at)
         self.last = alloc
         for o in alloc.overdraws:
             log.warning(
@@ -265,49 +294,82 @@ class LoadManager:
             self.overdraws.append(o)
             if self.on_overdraw is not None:
                 self.on_overdraw(o)
-        decreases = [d for d in alloc.changes if d.previous is not None and d.limit < d.previous]
-        increases = [d for d in alloc.changes if d not in decreases]
-        # Decreases must land before increases, or the site is briefly over its limit.
-        await asyncio.gather(*(self._apply(d) for d in decreases))
-        await asyncio.gather(*(self._apply(d) for d in increases))
+        # The allocator makes no changes for unreachable sessions; a charger may still drop in between.
+        changes = [d for d in alloc.changes if d.key[0] in online]
+        decreases = [d for d in changes if d.decrease]
+        increases = [d for d in changes if not d.decrease]
+        # Decreases must land before increases, or the site is briefly over its limit. A decrease that failed
+        # leaves the old, higher limit in force while the increases were sized as if it had landed: none go out
+        # this round, and the allocator counts that session at its old limit until a new one is confirmed.
+        landed = await asyncio.gather(*(self._apply(d) for d in decreases))
+        failed = [d for d, ok in zip(decreases, landed, strict=True) if not ok]
+        for d in failed:
+            self.allocator.refused(d.key)
+        if failed:
+            if increases:
+                log.debug(
+                    "load: %d decrease(s) failed: %d increase(s) held back", len(failed), len(increases)
+                )
+        else:
+            await asyncio.gather(*(self._apply(d) for d in increases))
         changed = {d.key for d in alloc.changes}
         now = self.clock()
         renew = []
         for s in self.sessions.values():
             sent = self.allocator.sent_limit(s.key)
-            if s.key in changed or sent is None or s.renewed_at is None:
+            if s.key in changed or sent is None or s.renewed_at is None or s.key[0] not in online:
+                continue
+            # a lease that has (or may have) run out is not renewed at its old limit: the allocator re-sends it
+            if not self.allocator.lease_running(s.key, now):
                 continue
             if now - s.renewed_at >= self.cfg.profile_lease_s / 3:
-                renew.append(Decision(s.key, s.transaction_id, sent, sent))
+                renew.append(Decision(s.key, s.transaction_id, sent, sent, sent))
         await asyncio.gather(*(self._apply(d) for d in renew))
         return alloc
 
-    async def _apply(self, d: Decision) -> None:
+    async def _apply(self, d: Decision) -> bool:
         cid, conn = d.key
+        sent_at = self.clock()
         payload = tx_profile(conn, d.transaction_id, d.limit, self.wall(), self.cfg.profile_lease_s)
-        if await self._call(cid, payload):
-            self.allocator.confirm(d.key, d.limit, self.clock())
-            s = self.sessions.get(d.key)
-            if s is not None:
-                s.renewed_at = self.clock()
+        outcome = await self._call(cid, payload)
+        if outcome == UNKNOWN:
+            self.allocator.unconfirmed(d.key, d.limit, sent_at)
+        if outcome != ACCEPTED:
+            return False
+        self.allocator.confirm(d.key, d.limit, self.clock(), sent_at=sent_at)
+        s = self.sessions.get(d.key)
+        if s is not None:
+            s.renewed_at = self.clock()
+        return True
 
     async def _send_default(self, charger_id: str) -> None:
         await self._call(charger_id, tx_default_profile(self.cfg.safe_current_a))
 
-    async def _call(self, charger_id: str, payload: dict[str, Any]) -> bool:
+    async def _call(self, charger_id: str, payload: dict[str, Any]) -> Outcome:
         self.sends += 1
         try:
             answer = await asyncio.wait_for(
                 self.commands.call(charger_id, "SetChargingProfile", payload), self.cfg.command_timeout_s
             )
         except (ChargegateError, TimeoutError) as e:
-            log.warning("load: SetChargingProfile to %s failed: %s", charger_id, e)
-            return False
+            self._failed(charger_id, f"SetChargingProfile to {charger_id} failed: {e}")
+            return UNKNOWN
         status = answer.get("status")
         if status != "Accepted":
-            log.warning("load: charger %s answered SetChargingProfile with %s", charger_id, status)
-            return False
-        return True
+            self._failed(charger_id, f"charger {charger_id} answered SetChargingProfile with {status}")
+            return REFUSED
+        if charger_id in self._failing:
+            self._failing.discard(charger_id)
+            log.info("load: charger %s accepts charging profiles again", charger_id)
+        return ACCEPTED
+
+    def _failed(self, charger_id: str, problem: str) -> None:
+        """Rounds run on every meter reading: a charger that keeps failing is logged once, until it accepts one."""
+        if charger_id in self._failing:
+            log.debug("load: %s", problem)
+            return
+        self._failing.add(charger_id)
+        log.warning("load: %s (repeats are logged at DEBUG until it accepts a profile)", problem)
 
     # ---- control socket ops (the lead registers them: control.register("load.set_site_limit", lm.op_set_site_limit))
     async def op_set_site_limit(self, req: dict[str, Any]) -> Any:
@@ -325,6 +387,8 @@ class LoadManager:
 
     def status(self) -> dict[str, Any]:
         a = self.last
+        now = self.clock()
+        online = set(self.commands.connected())
         return {
             "site_limit_a": self.allocator.params.site_limit,
             "mode": None if a is None else a.mode,
@@ -334,6 +398,8 @@ class LoadManager:
                 f"{k[0]}/{k[1]}": {
                     "transaction_id": s.transaction_id,
                     "limit_a": self.allocator.sent_limit(k),
+                    "in_force_a": self.allocator.in_force(k, now),
+                    "reachable": k[0] in online,
                     "target_a": None if a is None else a.targets.get(k),
                 }
                 for k, s in self.sessions.items()

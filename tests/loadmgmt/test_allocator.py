@@ -157,3 +157,81 @@ def test_one_sample_glitch_does_not_queue_sessions_but_an_overload_acts_at_once(
     # the grid shows the site over its limit: decrease at once
     r = a.allocate(s, (40.0, 40.0, 40.0), now=14.0, grid_time=14.0)
     assert r.changes and all(d.limit < 13.0 for d in r.changes)
+
+
+def at(name: str, t: float, measured: float, reachable: bool = True) -> SessionInput:
+    return SessionInput((name, 1), hash(name) % 1000, t, 32.0, 0, measured, metered=True, reachable=reachable)
+
+
+def test_unreachable_session_keeps_its_limit_while_its_lease_runs_then_the_fallback() -> None:
+    # 48 A site, building 15 A; A's charger is offline with 11 A confirmed (lease 120 s from t=0): the others share
+    # 48 - 1 - 15 - 11 = 21 A, not 32 A as if A's lower limit had landed
+    a = Allocator(params(site_limit=48.0, lease=120.0, fallback_current=6.0, other_load_hold=0.0))
+    for name, amps in (("A", 11.0), ("B", 11.0), ("C", 10.0), ("D", 10.0)):
+        a.confirm((name, 1), amps, 0.0)
+    s = [at("A", 0, 11.0, reachable=False), at("B", 1, 11.0), at("C", 2, 10.0), at("D", 3, 10.0)]
+    grid = (15.0 + 42.0,) * 3
+    r = a.allocate(s, grid, now=10.0)
+    assert r.other_load == pytest.approx(15.0)
+    assert r.held == {("A", 1): 11.0} and r.targets[("A", 1)] == 11.0
+    assert sum(v for k, v in r.targets.items() if k != ("A", 1)) <= r.available - 11.0
+    assert sum(r.targets.values()) <= r.available
+    assert [d.key[0] for d in r.changes] == ["B", "C", "D"]  # nothing for the unreachable one
+    assert [(d.limit, d.decrease) for d in r.changes] == [(7.0, True)] * 3
+    # around the end of its lease (startSchedule truncation, clock skew): the higher of lease and fallback
+    assert a.in_force(("A", 1), 119.0) == 11.0
+    # once the lease has surely run out the charger applies its TxDefaultProfile: 6 A held
+    later = [at("A", 0, 6.0, reachable=False), at("B", 1, 7.0), at("C", 2, 7.0), at("D", 3, 7.0)]
+    r = a.allocate(later, (15.0 + 27.0,) * 3, now=123.0)
+    assert r.held == {("A", 1): 6.0}
+    assert sum(v for k, v in r.targets.items() if k != ("A", 1)) == 26.0
+    # a session with nothing confirmed runs on the charger's TxDefaultProfile
+    assert a.in_force(("E", 1), 0.0) == 6.0
+
+
+def test_queued_unreachable_session_counts_its_fallback_once_its_lease_may_have_ended() -> None:
+    a = Allocator(params(lease=60.0, fallback_current=6.0))
+    a.confirm(("A", 1), 0.0, 0.0, sent_at=0.0)
+    assert a.in_force(("A", 1), 57.0) == 0.0
+    assert a.in_force(("A", 1), 58.5) == 6.0  # the lease may already have ended (1 s truncation + tick)
+    assert a.in_force(("A", 1), 63.0) == 6.0
+    assert not a.lease_running(("A", 1), 58.5)
+
+
+def test_failed_decrease_is_counted_at_the_old_limit_until_one_lands() -> None:
+    a = Allocator(params(site_limit=32.0, min_change_interval=0.0, other_load_hold=0.0))
+    a.confirm(("A", 1), 26.0, 0.0)
+    a.confirm(("B", 1), 0.0, 0.0)
+    s = [at("A", 0, 26.0), at("B", 1, 0.0)]
+    # a fresh look says 13/13 ...
+    r = a.allocate(s, (31.0,) * 3, now=1.0)
+    assert r.targets == {("A", 1): 13.0, ("B", 1): 13.0}
+    # ... but A's decrease did not land: A is asked again, B is sized around A's 26 A still in force
+    a.refused(("A", 1))
+    r = a.allocate(s, (31.0,) * 3, now=2.0)
+    assert r.held == {("A", 1): 26.0}
+    assert r.targets == {("A", 1): 13.0, ("B", 1): 0.0}
+    assert [(d.key[0], d.limit) for d in r.changes] == [("A", 13.0)]
+    a.confirm(("A", 1), 13.0, 3.0)
+    r = a.allocate([at("A", 0, 13.0), at("B", 1, 0.0)], (18.0,) * 3, now=4.0)
+    assert r.held == {} and r.targets == {("A", 1): 13.0, ("B", 1): 13.0}
+    assert [(d.key[0], d.limit, d.decrease) for d in r.changes] == [("B", 13.0, False)]
+
+
+def test_unanswered_send_counts_as_in_force_until_a_later_one_is_confirmed() -> None:
+    a = Allocator(params(lease=120.0, fallback_current=6.0))
+    a.confirm(("A", 1), 13.0, 0.0)
+    a.unconfirmed(
+        ("A", 1), 26.0, sent_at=5.0
+    )  # an increase went out, the answer was lost: it may have landed
+    assert a.in_force(("A", 1), 6.0) == 26.0
+    r = a.allocate([at("A", 0, 26.0, reachable=False), at("B", 1, 0.0)], (31.0,) * 3, now=6.0)
+    assert r.held == {("A", 1): 26.0} and r.targets[("B", 1)] == 0.0
+    # reachable again and its share is the confirmed 13 A: still re-sent, as a decrease (it may be at 26 A)
+    r = a.allocate([at("A", 0, 26.0), at("B", 1, 0.0)], (31.0,) * 3, now=6.5)
+    assert r.targets[("A", 1)] == 13.0
+    d = r.changes[0]
+    assert (d.key[0], d.limit, d.previous, d.decrease) == ("A", 13.0, 13.0, True)
+    assert a.in_force(("A", 1), 200.0) == 6.0  # both leases over: the TxDefaultProfile
+    a.confirm(("A", 1), 13.0, 7.0, sent_at=6.5)  # a later confirmed profile replaces it on the charger
+    assert a.in_force(("A", 1), 8.0) == 13.0

@@ -21,7 +21,7 @@ class FakeCommands:
         self.offline: set[str] = set()
 
     def connected(self) -> list[str]:
-        return []
+        return [c.id for c in CHARGERS if c.id not in self.offline]
 
     async def call(
         self, charger_id: str, action: str, payload: dict[str, Any], timeout: float | None = None
