@@ -46,9 +46,47 @@ from gateway.uplink.contract import (
     encode_message,
     gateway_of_topic,
 )
+from gateway.uplink.tokenparts import split_counts
 
 # Reconnect delay of the simulator (a test double of a backend: fixed, short).
 RECONNECT_DELAY_S = 0.2
+# A token_list command larger than this goes in parts (docs/uplink.md "Token lists in parts"): the gateway's default
+# max_downlink_bytes is 4 MiB; the margin covers the command envelope and MQTT framing.
+TOKEN_LIST_PART_BYTES = 3 * 1024 * 1024
+# List parts awaiting their result at once: keeps the pipe full without queueing a whole list at the gateway.
+TOKEN_LIST_WINDOW = 4
+
+
+def token_list_commands(
+    kind: str,
+    version: int,
+    tokens: list[dict[str, Any]],
+    base_version: int | None = None,
+    *,
+    max_part_bytes: int = TOKEN_LIST_PART_BYTES,
+    encoding: Encoding = "cbor",
+    update_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """The args of the token_list command(s) carrying this list: one command when it fits max_part_bytes, else
+    parts of about equal size under one update id (size-based split)."""
+    head: dict[str, Any] = {"kind": kind, "version": version}
+    if base_version is not None:
+        head["base_version"] = base_version
+    envelope = 256  # command id, op, header args
+    size = len(encode_message({"tokens": tokens}, encoding))
+    if size + envelope <= max_part_bytes:
+        return [{**head, "tokens": tokens}]
+    uid = update_id or f"tl-{version}-{uuid.uuid4().hex[:8]}"
+    n = split_counts(size, len(tokens), max_part_bytes - envelope)
+    while True:
+        per = -(-len(tokens) // n)
+        slices = [tokens[i : i + per] for i in range(0, len(tokens), per)]
+        if all(len(encode_message({"tokens": t}, encoding)) + envelope <= max_part_bytes for t in slices):
+            break
+        n *= 2
+    return [
+        {**head, "update_id": uid, "part": i, "parts": len(slices), "tokens": t} for i, t in enumerate(slices)
+    ]
 
 
 @dataclass
@@ -314,11 +352,36 @@ class SimEmsp:
         version: int,
         tokens: list[dict[str, Any]],
         base_version: int | None = None,
+        *,
+        max_part_bytes: int = TOKEN_LIST_PART_BYTES,
+        timeout: float = 60.0,
     ) -> dict[str, Any]:
-        args: dict[str, Any] = {"kind": kind, "version": version, "tokens": tokens}
-        if base_version is not None:
-            args["base_version"] = base_version
-        return await self.command(gateway_id, "token_list", args)
+        """Send a token list: one command, or parts when it is larger than max_part_bytes. Returns the result
+        that carries the outcome of the whole list (`version_applied`), or the first error."""
+        commands = token_list_commands(
+            kind, version, tokens, base_version, max_part_bytes=max_part_bytes, encoding=self.encoding
+        )
+        if len(commands) == 1:
+            return await self.command(gateway_id, "token_list", commands[0], timeout=timeout)
+        return await self.send_token_list_parts(gateway_id, commands, timeout=timeout)
+
+    async def send_token_list_parts(
+        self, gateway_id: str, commands: list[dict[str, Any]], *, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """Send the parts (in the given order, TOKEN_LIST_WINDOW at a time, each with its own command id) and
+        return the final result (the one with `version_applied`), or the first error result."""
+        window = asyncio.Semaphore(TOKEN_LIST_WINDOW)
+
+        async def one(args: dict[str, Any]) -> dict[str, Any]:
+            async with window:  # a window well under the gateway's 32 commands in progress: never `busy`
+                return await self.command(gateway_id, "token_list", args, timeout=timeout)
+
+        results = await asyncio.gather(*(one(a) for a in commands))
+        for r in results:
+            if not r.get("ok"):
+                return r
+        final = [r for r in results if "version_applied" in r["result"]]
+        return final[0] if final else results[-1]
 
     # -- report -----------------------------------------------------------------------------------------------
     def report(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any, Final
@@ -334,18 +334,36 @@ class AuthService:
         self.on_transaction_stopped(transaction_id)
 
     # -- eMSP lists -----------------------------------------------------------------------------------------------
+    def list_version(self) -> int:
+        """The eMSP list version applied (0: none yet)."""
+        return self._store.read(lambda c: ts.meta(c, "list_version"))
+
     async def apply_token_list(
         self, kind: str, version: int, base_version: int | None, tokens: list[dict[str, Any]]
     ) -> tuple[bool, str]:
         """Apply an eMSP local list: kind 'full' (snapshot) or 'differential' (entries without status, or with
         remove=true, are deleted). A differential whose base_version is not the applied version is refused and
         the message asks for a full resync. Returns (ok, message); on refusal nothing changed."""
+        if not isinstance(tokens, list) or len(tokens) > MAX_LIST_TOKENS:
+            return False, f"tokens must be a list of at most {MAX_LIST_TOKENS} entries"
+        return await self.apply_token_list_parts(kind, version, base_version, _slices(tokens), len(tokens))
+
+    async def apply_token_list_parts(
+        self,
+        kind: str,
+        version: int,
+        base_version: int | None,
+        chunks: AsyncIterator[list[Any]],
+        total: int,
+    ) -> tuple[bool, str]:
+        """apply_token_list with the entries read chunk by chunk (a list staged in parts on disk: memory stays
+        O(one chunk) for a full list). `total` is the number of entries the chunks carry."""
         k = kind.strip().lower() if isinstance(kind, str) else ""
         if k not in ("full", "differential"):
             return False, f"kind must be 'full' or 'differential', got {str(kind)[:20]!r}"
         if isinstance(version, bool) or not isinstance(version, int) or not 0 < version < 2**53:
             return False, "version must be a positive integer"
-        if not isinstance(tokens, list) or len(tokens) > MAX_LIST_TOKENS:
+        if total > MAX_LIST_TOKENS:
             return False, f"tokens must be a list of at most {MAX_LIST_TOKENS} entries"
         async with self._list_lock:
             current = self._store.read(lambda c: ts.meta(c, "list_version"))
@@ -357,45 +375,63 @@ class AuthService:
                     )
                 if version <= current:
                     return False, f"version {version} is not newer than the applied version {current}"
-                if len(tokens) > MAX_DIFFERENTIAL_TOKENS:
+                if total > MAX_DIFFERENTIAL_TOKENS:
                     return False, (
                         f"a differential may carry at most {MAX_DIFFERENTIAL_TOKENS} entries: send a full list"
                     )
+                tokens: list[Any] = []
+                async for chunk in chunks:
+                    tokens.extend(chunk)
+                    if len(tokens) > MAX_DIFFERENTIAL_TOKENS:
+                        return False, (
+                            f"a differential may carry at most {MAX_DIFFERENTIAL_TOKENS} entries: send a full list"
+                        )
                 try:
                     specs = await asyncio.to_thread(_parse_all, tokens, True, 0)
                 except TokenError as e:
                     return False, f"refused, nothing changed: {e}"
                 await self._store.write(lambda c: ts.apply_differential(c, version, specs))
+                count = len(tokens)
             else:
                 if version < current:
                     return False, f"full list version {version} is older than the applied version {current}"
-                problem = await self._apply_full(version, tokens)
+                problem, count = await self._apply_full(version, chunks)
                 if problem is not None:
                     return False, f"refused, nothing changed: {problem}"
-        log.info("applied %s token list version %d (%d entries)", k, version, len(tokens))
+        log.info("applied %s token list version %d (%d entries)", k, version, count)
         self._list_changed()
-        return True, f"applied {k} list version {version}: {len(tokens)} entries"
+        return True, f"applied {k} list version {version}: {count} entries"
 
-    async def _apply_full(self, version: int, tokens: list[Any]) -> str | None:
+    async def _apply_full(self, version: int, chunks: AsyncIterator[list[Any]]) -> tuple[str | None, int]:
         """Validate and write chunk by chunk into a new generation (memory stays O(chunk)); only a complete,
-        valid list is made live. Returns the problem of the first bad entry, or None. Pipelined: chunk i+1 is
-        validated on a worker thread while the store's writer thread inserts chunk i."""
+        valid list is made live. Returns (the problem of the first bad entry or None, entries written).
+        Pipelined: chunk i+1 is validated on a worker thread while the store's writer thread inserts chunk i."""
         await self._drop_stale_generations()
         new = self._store.read(lambda c: ts.meta(c, "active_gen")) + 1
         writing: Future[None] | None = None
         problem: str | None = None
+        offset = 0
         try:
-            for i in range(0, len(tokens), LIST_CHUNK):
-                try:
-                    chunk = await asyncio.to_thread(_parse_all, tokens[i : i + LIST_CHUNK], False, i)
-                except TokenError as e:
-                    problem = str(e)
+            async for part in chunks:
+                for i in range(0, len(part), LIST_CHUNK):
+                    if offset + i >= MAX_LIST_TOKENS:
+                        problem = f"more than {MAX_LIST_TOKENS} entries"
+                        break
+                    try:
+                        chunk = await asyncio.to_thread(
+                            _parse_all, part[i : i + LIST_CHUNK], False, offset + i
+                        )
+                    except TokenError as e:
+                        problem = str(e)
+                        break
+                    if writing is not None:
+                        await asyncio.wrap_future(writing)
+                    writing = self._store.submit(
+                        functools.partial(ts.insert_list_chunk, gen=new, version=version, specs=chunk)
+                    )
+                offset += len(part)
+                if problem is not None:
                     break
-                if writing is not None:
-                    await asyncio.wrap_future(writing)
-                writing = self._store.submit(
-                    functools.partial(ts.insert_list_chunk, gen=new, version=version, specs=chunk)
-                )
             if writing is not None:
                 await asyncio.wrap_future(writing)
                 writing = None
@@ -404,10 +440,10 @@ class AuthService:
                 await asyncio.shield(asyncio.wrap_future(writing))
         if problem is not None:
             await self._drop_stale_generations()  # the partial new generation
-            return problem
+            return problem, offset
         await self._store.write(lambda c: ts.activate_generation(c, new, version))
         await self._drop_stale_generations()
-        return None
+        return None, offset
 
     async def _drop_stale_generations(self) -> None:
         for gen in self._store.read(ts.stale_generations):
@@ -578,6 +614,11 @@ def _end_offline_session(conn: sqlite3.Connection, tx: int) -> None:
 def _log_failure(fut: Future[Any]) -> None:
     if fut.exception() is not None:
         log.warning("auth store write failed: %s", fut.exception())
+
+
+async def _slices(tokens: list[Any]) -> AsyncIterator[list[Any]]:
+    for i in range(0, len(tokens), LIST_CHUNK):
+        yield tokens[i : i + LIST_CHUNK]
 
 
 def _parse_all(tokens: list[Any], differential: bool, offset: int) -> list[TokenSpec]:

@@ -4,10 +4,14 @@ A command is a map {"id": str, "op": str, "args": map}. Every command gets exact
 {"id", "op", "ok": true, "result": {...}} or {"id", "op", "ok": false, "error": {"code", "message"}}. A malformed or
 unknown command gets an error result and changes nothing. A repeated id (QoS 1 redelivery, an eMSP retry) gets the
 first result again without running the command twice.
+
+A `token_list` may come in parts (`update_id`, `part`, `parts`): parts are staged on disk and the list is applied
+when the last one arrives (gateway/uplink/tokenparts.py, gateway/uplink/tokenstaging.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections import OrderedDict
@@ -15,8 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import ChargerNotConnected, CommandError
+from gateway.store import Store
 from gateway.uplink.contract import ContractError, decode_message
 from gateway.uplink.ports import ChargerCommands, SiteLimitSink, TokenListSink
+from gateway.uplink.tokenparts import MAX_PARTS
+from gateway.uplink.tokenstaging import TokenListStaging
 
 log = logging.getLogger("chargegate.uplink")
 
@@ -26,6 +33,9 @@ MAX_TOKENS_PER_LIST = 2_000_000  # the token store's own cap (docs/authorization
 MAX_SITE_LIMIT_A = 10_000.0
 # Results remembered for repeated command ids (an eMSP retry window rarely spans more).
 RESULT_CACHE_SIZE = 256
+# Payloads above this size (token lists, in practice) are decoded and executed one at a time: a gateway receiving
+# many list parts at once holds one decoded part, not one per command in progress (32 x 4 MiB of dicts).
+LARGE_PAYLOAD_BYTES = 64 * 1024
 
 # op -> (required args, optional args)
 OPS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
@@ -36,7 +46,10 @@ OPS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "change_availability": (frozenset({"charger", "connector", "type"}), frozenset()),
     "trigger_status": (frozenset({"charger"}), frozenset({"connector"})),
     "set_site_limit": (frozenset({"amps"}), frozenset()),
-    "token_list": (frozenset({"kind", "version", "tokens"}), frozenset({"base_version"})),
+    "token_list": (
+        frozenset({"kind", "version", "tokens"}),
+        frozenset({"base_version", "update_id", "part", "parts"}),
+    ),
 }
 
 
@@ -117,7 +130,18 @@ def parse_command(msg: dict[str, Any]) -> Command:
             raise Rejected("invalid_args", f"tokens: expected a list of at most {MAX_TOKENS_PER_LIST} maps")
         if not all(isinstance(t, dict) for t in tokens):
             raise Rejected("invalid_args", "tokens: every entry must be a map")
-        return Command(cid, op, {"kind": kind, "version": version, "base_version": base, "tokens": tokens})
+        out = {"kind": kind, "version": version, "base_version": base, "tokens": tokens}
+        multipart = {"update_id", "part", "parts"} & args.keys()
+        if multipart:
+            if len(multipart) != 3:
+                raise Rejected(
+                    "invalid_args", "update_id, part and parts: give all three (a list in parts) or none"
+                )
+            parts = _int(args, "parts", 1, MAX_PARTS)
+            out["parts"] = parts
+            out["part"] = _int(args, "part", 0, parts - 1)
+            out["update_id"] = _str(args, "update_id", MAX_COMMAND_ID)
+        return Command(cid, op, out)
 
     charger = _str(args, "charger", 48)
     if op == "remote_start":
@@ -172,9 +196,14 @@ class Downlink:
         site_limit_sink: SiteLimitSink | None,
         call_timeout: float,
         max_payload_bytes: int,
+        store: Store | None = None,
     ) -> None:
         self.commands = commands
         self.token_sink = token_sink
+        self.staging = (
+            TokenListStaging(store, token_sink) if store is not None and token_sink is not None else None
+        )
+        self._large = asyncio.Lock()
         self.site_limit_sink = site_limit_sink
         self.call_timeout = call_timeout
         self.max_payload_bytes = max_payload_bytes
@@ -183,6 +212,12 @@ class Downlink:
         self.rejected = 0
 
     async def handle(self, payload: bytes) -> dict[str, Any]:
+        if len(payload) > LARGE_PAYLOAD_BYTES:
+            async with self._large:
+                return await self._handle(payload)
+        return await self._handle(payload)
+
+    async def _handle(self, payload: bytes) -> dict[str, Any]:
         self.handled += 1
         try:
             msg = decode_message(payload, self.max_payload_bytes)
@@ -220,6 +255,21 @@ class Downlink:
             if self.token_sink is None:
                 raise Rejected("not_supported", "this gateway has no token store")
             a = cmd.args
+            if "update_id" in a:
+                if self.staging is None:
+                    raise Rejected("not_supported", "this gateway cannot stage token lists in parts")
+                ok, res = await self.staging.handle_part(
+                    a["update_id"],
+                    a["kind"],
+                    a["version"],
+                    a["base_version"],
+                    a["part"],
+                    a["parts"],
+                    a["tokens"],
+                )
+                if not ok:
+                    raise Rejected(str(res["code"]), str(res["message"]))
+                return res
             applied, message = await self.token_sink.apply_token_list(
                 a["kind"], a["version"], a["base_version"], a["tokens"]
             )

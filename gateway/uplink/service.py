@@ -178,7 +178,12 @@ class Uplink:
             clock,
         )
         self.downlink = Downlink(
-            commands, token_sink, site_limit_sink, self.cfg.command_timeout, self.cfg.max_downlink_bytes
+            commands,
+            token_sink,
+            site_limit_sink,
+            self.cfg.command_timeout,
+            self.cfg.max_downlink_bytes,
+            store=store,
         )
         self.backoff = Backoff(cap=self.cfg.reconnect_max, rand=rand)
         self._authorizer = MqttAuthorizer(self)
@@ -239,6 +244,21 @@ class Uplink:
             "commands_handled": self.downlink.handled,
             "commands_rejected": self.downlink.rejected,
         }
+        staging = self.downlink.staging
+        if staging is not None:
+            s_ = staging.assembly.staged
+            out["token_list_parts_staged"] = staging.parts_staged
+            out["token_list_updates_applied"] = staging.updates_applied
+            out["token_list_staging"] = (
+                None
+                if s_ is None
+                else {
+                    "update_id": s_.header.update_id,
+                    "version": s_.header.version,
+                    "received": s_.received,
+                    "parts": s_.header.parts,
+                }
+            )
         out.update(await self.drainer.backlog())
         return out
 
@@ -271,13 +291,16 @@ class Uplink:
             self.state = "disabled"
             await asyncio.Event().wait()
         self.seed_status()
-        retention = asyncio.create_task(self.drainer.retention_loop(), name="uplink-retention")
+        background = [asyncio.create_task(self.drainer.retention_loop(), name="uplink-retention")]
+        if self.downlink.staging is not None:
+            background.append(asyncio.create_task(self.downlink.staging.sweep_loop(), name="uplink-staging"))
         try:
             await self._connection_loop()
         finally:
-            retention.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await retention
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _connection_loop(self) -> None:
         while True:
