@@ -1,5 +1,5 @@
 """Card reader cases (debounce, UID formats) in the CPython/MicroPython common subset: pytest runs them
-(test_auth_cardreader.py) and so does real MicroPython (run_cardreader_mpy.mjs)."""
+(test_auth_cardreader.py) and so does real MicroPython (tests/mpy/run.mjs --case)."""
 
 from agent.cardreader import CardReader, Debouncer, format_uid
 

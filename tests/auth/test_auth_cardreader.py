@@ -33,7 +33,7 @@ def test_cardreader_cases_under_micropython() -> None:
     if node is None:
         pytest.fail("node is not installed: install Node.js >= 18, then `npm ci` at the repository root")
     proc = subprocess.run(
-        [node, str(ROOT / "tests" / "auth" / "run_cardreader_mpy.mjs")],
+        [node, str(ROOT / "tests" / "mpy" / "run.mjs"), "--case", "tests/auth/cases_cardreader.py"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -5,9 +5,10 @@
 // The port exits 0 even after an uncaught Python exception, so success is ONLY the exact line
 // `MPY-TESTS-OK <n>` printed by the runner; anything else exits 1.
 //
-// Usage: node tests/mpy/run.mjs [test_name ...]
+// Usage: node tests/mpy/run.mjs [--case PATH ...] [test_name ...]
+//   --case PATH  a case module to run instead of the agent core's (e.g. tests/auth/cases_cardreader.py); repeatable
 import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -17,10 +18,18 @@ if (!existsSync(pkg)) {
   console.error(`MicroPython package missing (${pkg}): run \`npm ci\` in ${root}`);
   process.exit(2);
 }
-// Case modules shared with CPython pytest (tests/agent/test_core.py imports the same ones).
-const CASE_MODULES = ["cases_core", "cases_phase2"];
-// Agent files that are not part of the portable core (CPython port, hardware drivers of other owners).
-const NOT_CORE = new Set(["port_cpython.py", "cardreader.py", "nfc_reader.py"]);
+// Default case modules, shared with CPython pytest (tests/agent/test_core.py imports the same ones).
+const DEFAULT_CASES = ["cases_core.py", "cases_phase2.py"].map((f) => join(root, "tests", "agent", f));
+// Agent files that only run on CPython (the websocket port, the nfcpy reader backend).
+const CPYTHON_ONLY = new Set(["port_cpython.py", "nfc_reader.py"]);
+
+const argv = process.argv.slice(2);
+const cases = [];
+const only = [];
+for (let i = 0; i < argv.length; i++) {
+  if (argv[i] === "--case") cases.push(resolve(root, argv[++i]));
+  else only.push(argv[i]);
+}
 
 const { loadMicroPython } = await import(pathToFileURL(pkg).href);
 const lines = [];
@@ -38,23 +47,24 @@ const mp = await loadMicroPython({ heapsize: 16 * 1024 * 1024, stdout: out, stde
 
 mp.FS.mkdir("/agent");
 for (const f of readdirSync(join(root, "agent"))) {
-  if (f.endsWith(".py") && !NOT_CORE.has(f)) {
+  if (f.endsWith(".py") && !CPYTHON_ONLY.has(f)) {
     mp.FS.writeFile(`/agent/${f}`, readFileSync(join(root, "agent", f)));
   }
 }
 mp.FS.mkdir("/cases");
 const modules = [];
-for (const m of CASE_MODULES) {
-  const p = join(root, "tests", "agent", `${m}.py`);
-  if (existsSync(p)) {
-    mp.FS.writeFile(`/cases/${m}.py`, readFileSync(p));
-    modules.push(m);
+for (const p of cases.length ? cases : DEFAULT_CASES) {
+  if (!existsSync(p)) {
+    console.error(`case module missing: ${p}`);
+    process.exit(2);
   }
+  const name = basename(p, ".py");
+  mp.FS.writeFile(`/cases/${name}.py`, readFileSync(p));
+  modules.push(name);
 }
 mp.FS.writeFile("/cases/agentfakes.py", readFileSync(join(root, "tests", "agent", "agentfakes.py")));
 mp.FS.writeFile("/cases/runner.py", readFileSync(join(here, "runner.py")));
 
-const only = process.argv.slice(2);
 let crashed = null;
 try {
   mp.runPython(
