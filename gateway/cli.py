@@ -197,7 +197,9 @@ def make_parser() -> argparse.ArgumentParser:
     add_meters_subparser(sub)
 
     # listed for --help; main() hands their arguments to the simulator's own parser before argparse sees them
-    sub.add_parser("demo", help="run a simulated site of N chargers against a real gateway (--help for options)")
+    sub.add_parser(
+        "demo", help="run a simulated site of N chargers against a real gateway (--help for options)"
+    )
     sub.add_parser("sim", help="run simulated chargers against a gateway (--help for options)")
     return p
 

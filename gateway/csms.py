@@ -94,11 +94,11 @@ def now_iso() -> str:
 class ConnectionState:
     """What the CSMS remembers about one live websocket (not persisted)."""
 
-    def __init__(self, charger_id: str, clock: Callable[[], float]) -> None:
+    def __init__(self, charger_id: str) -> None:
         self.charger_id = charger_id
+        # when this connection was first answered Pending (Csms.clock), to accept it after the retry interval
         self.pending_since: float | None = None
         self.registration: str | None = None
-        self._clock = clock
 
 
 HANDLED_ACTIONS = frozenset(

@@ -43,12 +43,10 @@ FrameTrace = Callable[[str, str, str], None]  # (charger_id, "rx"|"tx", text)
 
 
 class _Connection:
-    def __init__(
-        self, charger_id: str, ws: ServerConnection, max_queue: int, clock: Callable[[], float]
-    ) -> None:
+    def __init__(self, charger_id: str, ws: ServerConnection, max_queue: int) -> None:
         self.charger_id = charger_id
         self.ws = ws
-        self.state = ConnectionState(charger_id, clock)
+        self.state = ConnectionState(charger_id)
         # Bounded: a charger that floods CALLs without waiting for answers stalls its own socket, nobody else's.
         self.inbox: asyncio.Queue[framing.InboundCall] = asyncio.Queue(maxsize=max_queue)
         self.pending: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
@@ -95,13 +93,11 @@ class OcppServer:
         csms: Csms,
         on_frame: FrameTrace | None = None,
         id_gen: Callable[[], str] = lambda: str(uuid.uuid4()),
-        clock: Callable[[], float] | None = None,
     ) -> None:
         self.cfg = cfg
         self.csms = csms
         self.on_frame = on_frame
         self._ids = id_gen
-        self._clock = clock or (lambda: asyncio.get_running_loop().time())
         self._conns: dict[str, _Connection] = {}
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -186,7 +182,7 @@ class OcppServer:
             await ws.close(1002, f"subprotocol {SUBPROTOCOL} required")
             return
         old = self._conns.get(cid)
-        conn = _Connection(cid, ws, self.cfg.ocpp.max_queue, self._clock)
+        conn = _Connection(cid, ws, self.cfg.ocpp.max_queue)
         self._conns[cid] = conn
         if old is not None:
             log.info("%s reconnected: replacing its old connection", cid)

@@ -82,7 +82,7 @@ BOOT = {"chargePointVendor": "V", "chargePointModel": "M"}
 
 def test_pending_then_accepted_after_the_retry_interval(env):
     csms, store, clock, _, booted = env
-    st = ConnectionState("CP1", clock)
+    st = ConnectionState("CP1")
     r1 = run(csms.handle(st, "BootNotification", BOOT))
     assert r1.payload["status"] == "Pending" and r1.payload["interval"] == 10 and not r1.after
     clock.t += 2
@@ -94,10 +94,7 @@ def test_pending_then_accepted_after_the_retry_interval(env):
         run(after())
     assert booted == ["CP1"]
     # the per-charger override answers Accepted at once
-    assert (
-        run(csms.handle(ConnectionState("CP2", clock), "BootNotification", BOOT)).payload["status"]
-        == "Accepted"
-    )
+    assert run(csms.handle(ConnectionState("CP2"), "BootNotification", BOOT)).payload["status"] == "Accepted"
     row = store.read(
         lambda c: c.execute("SELECT vendor, boot_status FROM chargers WHERE id='CP1'").fetchone()
     )
@@ -105,8 +102,8 @@ def test_pending_then_accepted_after_the_retry_interval(env):
 
 
 def test_session_is_persisted_once_and_resends_get_the_same_answers(env):
-    csms, store, clock, statuses, _ = env
-    st = ConnectionState("CP1", clock)
+    csms, store, _clock, statuses, _ = env
+    st = ConnectionState("CP1")
     run(
         csms.handle(
             st, "StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Preparing"}
@@ -154,8 +151,8 @@ def test_session_is_persisted_once_and_resends_get_the_same_answers(env):
 
 
 def test_unknown_tag_is_recorded_with_its_status(env):
-    csms, store, clock, _, _ = env
-    st = ConnectionState("CP1", clock)
+    csms, store, _clock, _, _ = env
+    st = ConnectionState("CP1")
     assert run(csms.handle(st, "Authorize", {"idTag": "FFFF"})).payload == {
         "idTagInfo": {"status": "Invalid"}
     }
@@ -171,10 +168,10 @@ def test_unknown_tag_is_recorded_with_its_status(env):
 
 
 def test_transaction_ids_are_unique_and_a_stop_for_another_chargers_tx_is_an_orphan(env):
-    csms, store, clock, _, _ = env
+    csms, store, _clock, _, _ = env
     ids = set()
     for i in range(5):
-        st = ConnectionState("CP1", clock)
+        st = ConnectionState("CP1")
         ids.add(
             run(
                 csms.handle(
@@ -185,7 +182,7 @@ def test_transaction_ids_are_unique_and_a_stop_for_another_chargers_tx_is_an_orp
             ).payload["transactionId"]
         )
     assert len(ids) == 5
-    other = ConnectionState("CP2", clock)
+    other = ConnectionState("CP2")
     r = run(
         csms.handle(
             other,
@@ -203,8 +200,8 @@ def test_transaction_ids_are_unique_and_a_stop_for_another_chargers_tx_is_an_orp
 
 
 def test_faults_emit_an_event_and_other_messages_are_answered(env):
-    csms, store, clock, _, _ = env
-    st = ConnectionState("CP1", clock)
+    csms, store, _clock, _, _ = env
+    st = ConnectionState("CP1")
     run(
         csms.handle(
             st, "StatusNotification", {"connectorId": 2, "errorCode": "GroundFailure", "status": "Faulted"}
