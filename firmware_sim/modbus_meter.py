@@ -5,8 +5,10 @@ pyserial exactly as it would open /dev/ttyUSB0. The simulator serves the master 
 thread and answers FC3/FC4 reads for every simulated meter on the bus.
 
 Register values are produced by an encoder written here with `struct`, independent of the gateway's decoder, from
-the same catalog data files the gateway reads. A read must start at a mapped register; unmapped registers inside it
-read as 0; a read starting elsewhere or longer than the model allows gets exception 2 (illegal data address).
+the same catalog data files the gateway reads. A read must start at a mapped register (or anywhere, with
+`answer_any`, as many real meters allow); unmapped registers inside it read as 0; a read starting elsewhere or
+longer than the model allows gets exception 2 (illegal data address). Counters with a decade-exponent register get
+the smallest exponent their count fits with; a model-code register answers the model's first catalog code.
 
 A pty has no baud-rate pacing: with `line_baud` set, each answer is delayed by the time the request and the answer
 would take on a real line at that rate (11 bits per character) plus the 3.5-character inter-frame silence, so a
@@ -72,6 +74,19 @@ def encode_value(value: float, data_type: str, word_order: str, scale: float) ->
     return words if word_order == "big" else words[::-1]
 
 
+def encode_counter(value: float, data_type: str, word_order: str, scale: float) -> tuple[int, list[int]]:
+    """A counter with a separate decade-exponent register: the smallest exponent >= 0 whose count fits the type.
+    Returns (exponent register word, value words)."""
+    raw = value / scale
+    bits = {"int16": 15, "uint16": 16, "int32": 31, "uint32": 32, "int64": 63, "uint64": 64}[data_type]
+    for exp in range(0, 10):
+        count = round(raw / 10**exp)
+        if abs(count) < (1 << bits):
+            (exp_word,) = struct.unpack(">H", struct.pack(">h", exp))
+            return exp_word, encode_value(count * 10**exp * scale, data_type, word_order, scale * 10**exp)
+    raise ValueError(f"{value} does not fit {data_type} with an exponent register")
+
+
 def crc16(data: bytes) -> int:
     # Bitwise (no table) so it does not share code with the gateway's table-driven CRC.
     crc = 0xFFFF
@@ -105,6 +120,11 @@ class SimMeter:
     model: MeterModel
     currents: Callable[[], Phases]
     faults: Faults = field(default_factory=Faults)
+    # what the model-code register answers (default: the first code the catalog lists for the model)
+    model_code: int | None = None
+    # answer reads at any address (unmapped registers read 0), as many real meters do; default: strict, a read
+    # must start at a mapped register
+    answer_any: bool = False
     energy_import_wh: float = 0.0
     energy_export_wh: float = 0.0
     requests: int = 0
@@ -145,17 +165,33 @@ class SimMeter:
         image: dict[tuple[int, int], tuple[int, RegisterSpec]] = {}
         vals = self.values(now)
         for r in self.model.registers:
-            words = encode_value(vals[r.quantity], r.data_type, r.word_order, r.scale)
+            if r.exponent_address is None:
+                words = encode_value(vals[r.quantity], r.data_type, r.word_order, r.scale)
+            else:
+                exp_word, words = encode_counter(vals[r.quantity], r.data_type, r.word_order, r.scale)
+                image[(r.function, r.exponent_address)] = (exp_word, r)
             for k, w in enumerate(words):
                 image[(r.function, r.address + k)] = (w, r)
+        mc = self.model.model_code
+        if mc is not None:
+            code = self.model_code if self.model_code is not None else min(mc.values)
+            fmt = {"uint16": ">H", "int16": ">h", "uint32": ">I", "int32": ">i"}[mc.data_type]
+            packed = struct.pack(fmt, code)
+            for k, (w,) in enumerate(struct.iter_unpack(">H", packed)):
+                image[(mc.function, mc.address + k)] = (w, self.model.registers[0])
         return image
 
     def answer(self, function: int, address: int, count: int, now: float) -> bytes:
         """PDU (without unit id and CRC) for a read request."""
         self.requests += 1
-        starts = {(r.function, r.address) for r in self.model.registers}
-        probe_starts = {(f, a) for f, a, _ in self.model.probes}
-        if (function, address) not in starts | probe_starts or count > self.model.max_read_registers:
+        starts = {(r.function, r.start) for r in self.model.registers}
+        starts |= {(r.function, r.address) for r in self.model.registers}
+        starts |= {(f, a) for f, a, _ in self.model.probes}
+        if self.model.model_code is not None:
+            starts.add((self.model.model_code.function, self.model.model_code.address))
+        if count > self.model.max_read_registers or (
+            not self.answer_any and (function, address) not in starts
+        ):
             return bytes([function | 0x80, 2])
         image = self.register_image(now)
         words = [image.get((function, address + k), (0, None))[0] for k in range(count)]

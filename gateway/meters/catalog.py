@@ -18,6 +18,15 @@ Adding a model is a data file, not code. A file looks like:
     energy_import = { address = 0x0048, type = "float32", scale = 1000.0 }   # kWh on the wire -> Wh
 
 Every register may override `function` and `word_order`. Values are normalised to the units in QUANTITIES.
+
+A counter whose resolution is given by a separate decade-exponent register (Iskra WM3M4: value = raw * 10**exp)
+names that register: `energy_import = { address = 418, type = "int32", exponent_address = 414 }`; the exponent is
+read as a signed 16-bit register in the same request.
+
+A model-identification register, where the maker has one, makes `meters scan` certain rather than plausible:
+
+    [meter]
+    model_code = { function = 4, address = 0x000B, type = "uint16", values = [71, 72, 73] }
 """
 
 from __future__ import annotations
@@ -62,10 +71,33 @@ class RegisterSpec:
     data_type: str
     word_order: str
     scale: float
+    # separate signed 16-bit decade-exponent register (value = raw * 10**exp * scale), same function code
+    exponent_address: int | None = None
 
     @property
     def count(self) -> int:
         return register_count(self.data_type)
+
+    @property
+    def start(self) -> int:
+        """First register a read must cover for this value (the exponent register may come first)."""
+        return self.address if self.exponent_address is None else min(self.address, self.exponent_address)
+
+    @property
+    def end(self) -> int:
+        """One past the last register a read must cover for this value."""
+        end = self.address + self.count
+        return end if self.exponent_address is None else max(end, self.exponent_address + 1)
+
+
+@dataclass(frozen=True)
+class ModelCode:
+    """A register holding the maker's model code, and the codes that mean this catalog model."""
+
+    function: int
+    address: int
+    data_type: str
+    values: frozenset[int]
 
 
 @dataclass(frozen=True)
@@ -91,6 +123,7 @@ class MeterModel:
     # extra (function, address, count) reads that must answer for `meters scan` to match (registers other models
     # of the same family lack)
     probes: tuple[tuple[int, int, int], ...] = ()
+    model_code: ModelCode | None = None
 
     def register(self, quantity: str) -> RegisterSpec | None:
         for r in self.registers:
@@ -104,20 +137,20 @@ class MeterModel:
         wanted = set(quantities) if quantities is not None else None
         regs = sorted(
             (r for r in self.registers if wanted is None or r.quantity in wanted),
-            key=lambda r: (r.function, r.address),
+            key=lambda r: (r.function, r.start),
         )
         blocks: list[ReadBlock] = []
         cur: list[RegisterSpec] = []
         for r in regs:
             if cur:
-                start = cur[0].address
-                end = max(c.address + c.count for c in cur)
+                start = min(c.start for c in cur)
+                end = max(c.end for c in cur)
                 same_fn = r.function == cur[0].function
                 if (
                     same_fn
-                    and r.address - end <= max_gap
-                    and r.address + r.count - start <= self.max_read_registers
-                    and r.address >= start
+                    and r.start - end <= max_gap
+                    and max(end, r.end) - start <= self.max_read_registers
+                    and r.start >= start
                 ):
                     cur.append(r)
                     continue
@@ -130,8 +163,8 @@ class MeterModel:
 
 
 def _block(regs: list[RegisterSpec]) -> ReadBlock:
-    start = regs[0].address
-    end = max(r.address + r.count for r in regs)
+    start = min(r.start for r in regs)
+    end = max(r.end for r in regs)
     return ReadBlock(regs[0].function, start, end - start, tuple(regs))
 
 
@@ -163,7 +196,7 @@ def parse_model(file: str, data: dict[str, Any]) -> MeterModel:
             raise ConfigError(file, key, f"unknown quantity (known: {', '.join(QUANTITIES)})")
         if not isinstance(r, dict):
             raise ConfigError(file, key, "expected an inline table { address = ..., type = ... }")
-        unknown = set(r) - {"address", "type", "scale", "function", "word_order"}
+        unknown = set(r) - {"address", "type", "scale", "function", "word_order", "exponent_address"}
         if unknown:
             raise ConfigError(file, f"{key}.{sorted(unknown)[0]}", "unknown key")
         addr = r.get("address")
@@ -181,7 +214,19 @@ def parse_model(file: str, data: dict[str, Any]) -> MeterModel:
         scale = r.get("scale", 1.0)
         if isinstance(scale, bool) or not isinstance(scale, int | float) or scale == 0:
             raise ConfigError(file, f"{key}.scale", "expected a non-zero number")
-        specs.append(RegisterSpec(q, int(fn), addr, str(dtype), str(wo), float(scale)))
+        exp_addr = r.get("exponent_address")
+        if exp_addr is not None and (
+            not isinstance(exp_addr, int) or isinstance(exp_addr, bool) or not 0 <= exp_addr <= 0xFFFF
+        ):
+            raise ConfigError(file, f"{key}.exponent_address", "expected 0..65535 (the exponent's register)")
+        spec = RegisterSpec(q, int(fn), addr, str(dtype), str(wo), float(scale), exp_addr)
+        if spec.end - spec.start > max_read:
+            raise ConfigError(
+                file,
+                f"{key}.exponent_address",
+                f"value and exponent must fit one read of {max_read} registers",
+            )
+        specs.append(spec)
     identify = meter.get("identify", [])
     if not isinstance(identify, list) or any(i not in registers for i in identify):
         raise ConfigError(file, "meter.identify", "expected a list of quantities mapped in [registers]")
@@ -194,6 +239,26 @@ def parse_model(file: str, data: dict[str, Any]) -> MeterModel:
         if not isinstance(a, int) or not 0 <= a <= 0xFFFF:
             raise ConfigError(file, f"{key}.address", "expected 0..65535")
         probes.append((int(p["function"]), a, register_count(str(p["type"]))))
+    model_code = None
+    mc = meter.get("model_code")
+    if mc is not None:
+        values = mc.get("values") if isinstance(mc, dict) else None
+        if (
+            not isinstance(mc, dict)
+            or mc.get("function") not in (3, 4)
+            or mc.get("type") not in ("uint16", "int16", "uint32", "int32")
+            or not isinstance(mc.get("address"), int)
+            or not 0 <= mc["address"] <= 0xFFFF
+            or not isinstance(values, list)
+            or not values
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+        ):
+            raise ConfigError(
+                file,
+                "meter.model_code",
+                "expected { function = 3|4, address = N, type = uint16|int16|uint32|int32, values = [codes] }",
+            )
+        model_code = ModelCode(int(mc["function"]), int(mc["address"]), str(mc["type"]), frozenset(values))
     phases = meter.get("phases", 3)
     if phases not in (1, 3):
         raise ConfigError(file, "meter.phases", "expected 1 or 3")
@@ -207,6 +272,7 @@ def parse_model(file: str, data: dict[str, Any]) -> MeterModel:
         identify=tuple(identify),
         registers=tuple(specs),
         probes=tuple(probes),
+        model_code=model_code,
     )
 
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gateway.meters.catalog import MeterModel, ReadBlock
-from gateway.meters.registers import DecodeError, decode
+from gateway.meters.registers import DecodeError, decode, decode_exponent
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,14 @@ def decode_blocks(
         for r in block.registers:
             off = r.address - block.address
             try:
-                values[r.quantity] = decode(ws[off : off + r.count], r.data_type, r.word_order, r.scale)
+                exponent = (
+                    0
+                    if r.exponent_address is None
+                    else decode_exponent(ws[r.exponent_address - block.address])
+                )
+                values[r.quantity] = decode(
+                    ws[off : off + r.count], r.data_type, r.word_order, r.scale, exponent
+                )
             except DecodeError:
                 invalid.append(r.quantity)
     derive(values)

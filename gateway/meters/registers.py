@@ -39,6 +39,10 @@ _WIDTH: dict[str, int] = {
 }
 
 
+# Largest decade exponent a separate exponent register may hold (see decode_exponent).
+MAX_DECADE_EXPONENT = 9
+
+
 class DecodeError(ValueError):
     """The registers do not hold a usable value (wrong length, NaN/inf, a meter's 'not available' marker)."""
 
@@ -100,8 +104,23 @@ def decode_raw(words: Sequence[int], data_type: str, word_order: str = "big") ->
     return mantissa * 10.0**exponent
 
 
-def decode(words: Sequence[int], data_type: str, word_order: str = "big", scale: float = 1.0) -> float:
-    value = decode_raw(words, data_type, word_order) * scale
+def decode_exponent(word: int) -> int:
+    """A decade-exponent register (e.g. Iskra's energy counters): signed 16-bit, value = raw * 10**exponent."""
+    if not 0 <= word <= 0xFFFF:
+        raise DecodeError(f"register value {word!r} out of 0..65535")
+    exponent = _signed(word, 16)
+    # A counter's exponent is a small number (Iskra: resolution of the counter in Wh); anything else means the
+    # register holds something else, and 10**exponent would overflow or vanish.
+    if not -MAX_DECADE_EXPONENT <= exponent <= MAX_DECADE_EXPONENT:
+        raise DecodeError(f"decade exponent {exponent} out of range")
+    return exponent
+
+
+def decode(
+    words: Sequence[int], data_type: str, word_order: str = "big", scale: float = 1.0, exponent: int = 0
+) -> float:
+    """Engineering value: raw * 10**exponent * scale (exponent from a separate register, 0 for most meters)."""
+    value = decode_raw(words, data_type, word_order) * 10.0**exponent * scale
     if not math.isfinite(value):
         raise DecodeError("value is not finite")
     return value

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from gateway.meters import rtu
 from gateway.meters.catalog import MeterModel
-from gateway.meters.registers import DecodeError, decode
+from gateway.meters.registers import DecodeError, decode, register_count
 from gateway.meters.transport import Transport
 
 # What a live meter shows; values outside these ranges mean the registers mean something else on this device.
@@ -24,10 +24,15 @@ PLAUSIBLE: dict[str, tuple[float, float]] = {
 Reader = Callable[[int, int, int], Awaitable[rtu.Registers | rtu.ModbusException | None]]
 
 
+# A model-code register that answers with one of the model's codes is proof, not plausibility: it outweighs any
+# number of plausible registers.
+MODEL_CODE_SCORE = 100
+
+
 @dataclass(frozen=True)
 class Match:
     model_id: str
-    score: int  # identify registers + probes that answered plausibly
+    score: int  # identify registers + probes that answered plausibly (+ MODEL_CODE_SCORE for a matching code)
 
 
 async def identify(read: Reader, catalog: dict[str, MeterModel]) -> list[Match]:
@@ -36,6 +41,18 @@ async def identify(read: Reader, catalog: dict[str, MeterModel]) -> list[Match]:
     for model in catalog.values():
         score = 0
         ok = True
+        mc = model.model_code
+        if mc is not None:
+            answer = await read(mc.function, mc.address, register_count(mc.data_type))
+            if not isinstance(answer, rtu.Registers):
+                continue
+            try:
+                code = decode(answer.words, mc.data_type)
+            except DecodeError:
+                continue
+            if int(code) not in mc.values:
+                continue
+            score += MODEL_CODE_SCORE
         for q in model.identify:
             r = model.register(q)
             assert r is not None
@@ -64,6 +81,19 @@ async def identify(read: Reader, catalog: dict[str, MeterModel]) -> list[Match]:
             matches.append(Match(model.id, score))
     matches.sort(key=lambda m: -m.score)
     return matches
+
+
+def same_readings(models: list[MeterModel]) -> bool:
+    """True when every model maps each quantity they share to the same register and decoding (so picking any of
+    them reads the meter the same), and the first maps every quantity the others do."""
+    if len(models) < 2:
+        return True
+    first = {r.quantity: r for r in models[0].registers}
+    for other in models[1:]:
+        for r in other.registers:
+            if first.get(r.quantity) != r:
+                return False
+    return True
 
 
 async def present(transport: Transport, unit: int) -> bool:
@@ -114,13 +144,15 @@ async def scan_bus(
                 progress(
                     f"baud {baud} unit {unit}: {', '.join(m.model_id for m in matches) or 'unknown device'}"
                 )
+                tied = [m.model_id for m in matches if m.score == matches[0].score] if matches else []
                 found.append(
                     {
                         "baudrate": baud,
                         "unit_id": unit,
                         "model": matches[0].model_id if matches else None,
                         "candidates": [m.model_id for m in matches],
-                        "ambiguous": len(matches) > 1 and matches[0].score == matches[1].score,
+                        # equally likely models that would read this meter differently: the installer must choose
+                        "ambiguous": not same_readings([catalog[t] for t in tied]),
                     }
                 )
         finally:

@@ -72,15 +72,37 @@ def test_catalog_has_required_models_each_citing_a_source() -> None:
         assert {"voltage_l1", "current_l1"} <= {r.quantity for r in m.registers}, m.id
 
 
-@pytest.mark.parametrize("model_id", sorted(CATALOG))
-def test_model_decodes_independently_encoded_registers(model_id: str) -> None:
+def struct_encode_counter(value: float, data_type: str, word_order: str, scale: float, exp: int) -> list[int]:
+    """A counter read with a separate decade-exponent register holding `exp`."""
+    return struct_encode(value, data_type, word_order, scale * 10.0**exp)
+
+
+# every model with the exponent register at 0; models with exponent registers also at 10^1 and 10^-1
+DECODE_CASES = [(m, 0) for m in sorted(CATALOG)] + [
+    (m, e)
+    for m in sorted(CATALOG)
+    if any(r.exponent_address is not None for r in CATALOG[m].registers)
+    for e in (1, -1)
+]
+
+
+@pytest.mark.parametrize(("model_id", "counter_exponent"), DECODE_CASES)
+def test_model_decodes_independently_encoded_registers(model_id: str, counter_exponent: int) -> None:
     model = CATALOG[model_id]
     blocks = model.blocks()
     block_words = []
     for b in blocks:
         words = [0xFFFF] * b.count  # gaps hold junk the decoder must not touch
         for r in b.registers:
-            enc = struct_encode(SAMPLE[r.quantity], r.data_type, r.word_order, r.scale)
+            if r.exponent_address is None:
+                enc = struct_encode(SAMPLE[r.quantity], r.data_type, r.word_order, r.scale)
+            else:
+                enc = struct_encode_counter(
+                    SAMPLE[r.quantity], r.data_type, r.word_order, r.scale, counter_exponent
+                )
+                (words[r.exponent_address - b.address],) = struct.unpack(
+                    ">H", struct.pack(">h", counter_exponent)
+                )
             words[r.address - b.address : r.address - b.address + len(enc)] = enc
         block_words.append(words)
     values, invalid = decode_blocks(model, blocks, block_words)
@@ -89,9 +111,8 @@ def test_model_decodes_independently_encoded_registers(model_id: str) -> None:
         q = r.quantity
         expected = SAMPLE[q]
         # resolution of the wire format: float32 ~7 digits, integers one scale step
-        tol = max(
-            abs(expected) * 1e-6, abs(r.scale) / 2 + 1e-9, 1e-3 if r.data_type.startswith("iskra") else 0
-        )
+        step = abs(r.scale) * (10.0**counter_exponent if r.exponent_address is not None else 1.0)
+        tol = max(abs(expected) * 1e-6, step / 2 + 1e-9, 1e-3 if r.data_type.startswith("iskra") else 0)
         assert values[q] == pytest.approx(expected, abs=tol), (model_id, q)
     assert set(values) <= set(QUANTITIES)
 
@@ -183,3 +204,66 @@ def test_blocks_respect_max_read_and_function() -> None:
                 assert b.address <= r.address and r.address + r.count <= b.address + b.count
                 covered.add(r.quantity)
         assert covered == {r.quantity for r in m.registers}
+
+
+def test_exponent_register_is_signed_and_bounded() -> None:
+    from gateway.meters.registers import decode_exponent
+
+    assert decode_exponent(0x0001) == 1
+    assert decode_exponent(0xFFFE) == -2  # signed 16-bit
+    assert decode([0x0000, 0x3039], "int32", exponent=2) == 1234500.0  # 12345 x 10^2 Wh
+    with pytest.raises(DecodeError):
+        decode_exponent(0x0100)  # 256: not an exponent, the register holds something else
+
+
+def test_iskra_counter_with_a_garbage_exponent_is_reported_invalid() -> None:
+    m = CATALOG["iskra-wm3m4"]
+    blocks = m.blocks()
+    words = [[0x0100] * b.count for b in blocks]  # every register 0x0100: exponent 256
+    values, invalid = decode_blocks(m, blocks, words)
+    assert {"energy_import", "energy_export"} <= set(invalid)
+    assert "energy_import" not in values
+
+
+@pytest.mark.parametrize(
+    ("registers", "meter", "key"),
+    [
+        ({"energy_import": {"address": 10, "type": "int32", "exponent_address": -1}}, {}, "exponent_address"),
+        (
+            {"energy_import": {"address": 10, "type": "int32", "exponent_address": 900}},
+            {},
+            "registers.energy_import.exponent_address",
+        ),
+        (
+            {},
+            {"model_code": {"function": 4, "address": 11, "type": "uint16", "values": []}},
+            "meter.model_code",
+        ),
+        (
+            {},
+            {"model_code": {"function": 6, "address": 11, "type": "uint16", "values": [1]}},
+            "meter.model_code",
+        ),
+    ],
+)
+def test_bad_exponent_or_model_code_is_rejected_with_the_key(
+    registers: dict[str, object], meter: dict[str, object], key: str
+) -> None:
+    data: dict[str, dict[str, object]] = {
+        "meter": {"id": "x", "source": "doc v1", **meter},
+        "registers": {"voltage_l1": {"address": 0, "type": "float32"}, **registers},
+    }
+    with pytest.raises(ConfigError) as e:
+        parse_model("m.toml", data)
+    assert key in e.value.key
+
+
+def test_every_catalog_model_maps_power_frequency_and_energy() -> None:
+    """The issue: each model maps voltage, current per phase, active power, frequency and imported/exported energy."""
+    needed = {"voltage_l1", "current_l1", "frequency", "energy_import", "energy_export"}
+    for m in CATALOG.values():
+        mapped = {r.quantity for r in m.registers}
+        assert needed <= mapped, (m.id, needed - mapped)
+        assert "power" in mapped or {"power_l1", "power_l2", "power_l3"} <= mapped, m.id
+        if m.phases == 3:
+            assert {"voltage_l2", "voltage_l3", "current_l2", "current_l3"} <= mapped, m.id
