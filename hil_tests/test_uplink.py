@@ -316,10 +316,12 @@ def test_bad_downlink_messages_get_results_and_gateway_keeps_running(tmp_path: P
             await emsp.wait_for(lambda: (emsp.gateway(GW).presence or {}).get("online") is True, 20, "online")
             await emsp.wait_for(
                 lambda: any(
-                    r["error"]["code"] == "retained" for r in emsp.results.values() if not r.get("ok")
+                    r["error"]["code"] == "retained" and r.get("id") == "retained-1"
+                    for r in emsp.results.values()
+                    if not r.get("ok")
                 ),
                 10,
-                "retained command refused",
+                "retained command refused, with its id",
             )
             emsp.results.clear()
             await emsp.send_raw(GW, b"\xbf\x61a\xff\xff\x00 not cbor")

@@ -186,6 +186,16 @@ def error_result(cid: Any, op: Any, code: str, message: str) -> dict[str, Any]:
     }
 
 
+def refusal(payload: bytes, max_payload_bytes: int, code: str, message: str) -> dict[str, Any]:
+    """An error result for a command refused before it is run (busy, retained): carries the command's id and op
+    when the payload decodes, so the eMSP can correlate it and retry that command; null ids otherwise."""
+    try:
+        msg = decode_message(payload, max_payload_bytes)
+    except ContractError:
+        return error_result(None, None, code, message)
+    return error_result(msg.get("id"), msg.get("op"), code, message)
+
+
 class Downlink:
     """Executes validated commands against the ports. `handle(payload)` always returns one result map."""
 

@@ -28,7 +28,7 @@ from gateway.store import Store
 from gateway.uplink.backoff import Backoff
 from gateway.uplink.config import UplinkSection
 from gateway.uplink.contract import CONTRACT_VERSION, Topics, content_type, decode_message, encode_message
-from gateway.uplink.downlink import Downlink, error_result
+from gateway.uplink.downlink import Downlink, refusal
 from gateway.uplink.outbox import OutboxDrainer
 from gateway.uplink.ports import ChargerCommands, SiteLimitSink, TokenListSink
 
@@ -517,12 +517,20 @@ class Uplink:
             elif message.topic.value == self.topics.command:
                 if message.retain:
                     # a retained command would run again at every reconnect: refuse it, change nothing
-                    stale = error_result(
-                        None, None, "retained", "commands must not be retained; not executed"
+                    stale = refusal(
+                        payload,
+                        self.downlink.max_payload_bytes,
+                        "retained",
+                        "commands must not be retained; not executed",
                     )
                     task = asyncio.create_task(self._send_result(stale))
                 elif len(self._command_tasks) >= MAX_CONCURRENT_COMMANDS:
-                    busy = error_result(None, None, "busy", "too many commands in progress; retry later")
+                    busy = refusal(
+                        payload,
+                        self.downlink.max_payload_bytes,
+                        "busy",
+                        "too many commands in progress; retry later",
+                    )
                     task = asyncio.create_task(self._send_result(busy))
                 else:
                     task = asyncio.create_task(self._run_command(payload))

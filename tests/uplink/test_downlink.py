@@ -10,7 +10,8 @@ import cbor2
 import pytest
 
 from gateway.errors import ChargerNotConnected, CommandError
-from gateway.uplink.downlink import Command, Downlink, Rejected, parse_command
+from gateway.uplink.contract import encode_message
+from gateway.uplink.downlink import Command, Downlink, Rejected, parse_command, refusal
 
 
 class Chargers:
@@ -180,3 +181,16 @@ def test_parse_command_returns_typed_command() -> None:
     assert isinstance(c, Command) and c.payload == {"requestedMessage": "StatusNotification"}
     with pytest.raises(Rejected):
         parse_command({"id": "a", "op": 5})
+
+
+def test_refusal_carries_the_command_id_when_the_payload_decodes() -> None:
+    payload = encode_message({"id": "c-7", "op": "set_site_limit", "args": {"amps": 20}}, "cbor")
+    r = refusal(payload, 65536, "busy", "too many commands in progress; retry later")
+    assert r == {
+        "id": "c-7",
+        "op": "set_site_limit",
+        "ok": False,
+        "error": {"code": "busy", "message": "too many commands in progress; retry later"},
+    }
+    garbage = refusal(b"\xff\x00 not cbor", 65536, "busy", "x")
+    assert garbage["id"] is None and garbage["op"] is None and garbage["error"]["code"] == "busy"
