@@ -30,6 +30,7 @@ import cbor2
 import pytest
 
 from firmware_sim.emsp import SimEmsp
+from gateway.uplink.contract import encode_message
 from hil_tests.gateway_proc import DEFAULT_TAG, ChargerSpec, GatewayFactory, GatewayProcess
 from hil_tests.mosquitto import Mosquitto, mosquitto_binary
 from hil_tests.rawclient import RawChargePoint, assert_clean, gather_closing, run_async
@@ -681,6 +682,48 @@ def test_connector_status_does_not_queue_behind_the_backlog(
             await gather_closing(*(c.cp for c in cps))
             if late is not None:
                 await late.stop()
+            await emsp.stop()
+            broker.stop()
+
+    run_async(body())
+
+
+# -- 5 ------------------------------------------------------------------------------------------------------------
+def test_command_sent_while_the_gateway_is_offline_runs_when_it_reconnects(
+    tmp_path: Path, gateway_factory: GatewayFactory
+) -> None:
+    """The gateway's MQTT session outlives a crash (command_session_s): a QoS 1 command the eMSP publishes while the
+    gateway is down is queued by the broker and executed, with its result, once the gateway is back."""
+
+    async def body() -> None:
+        broker = Mosquitto(tmp_path).start()
+        emsp = await persistent_emsp(broker, "emsp-offline-cmd")
+        try:
+            gw = gateway_factory(
+                chargers=chargers(1), extra_toml=uplink_toml(broker.port, command_session_s=600)
+            )
+            view = emsp.gateway(GW_ID)
+            await until(
+                lambda: (view.presence or {}).get("online") is True, STATUS_TIMEOUT_S, "gateway online"
+            )
+            gw.kill()
+            await until(
+                lambda: (view.presence or {}).get("reason") == "connection_lost",
+                LAST_WILL_TIMEOUT_S,
+                "the gateway's last will",
+            )
+            cmd = {"id": "while-offline-1", "op": "set_site_limit", "args": {"amps": 40}}
+            await emsp.send_raw(GW_ID, encode_message(cmd, "cbor"))
+            assert "while-offline-1" not in emsp.results  # nobody to run it yet
+            gw.start()
+            await until(
+                lambda: "while-offline-1" in emsp.results, DELIVERY_TIMEOUT_S, "the queued command's result"
+            )
+            result = emsp.results["while-offline-1"]
+            # this site has no load management: the command ran and was answered (not lost at the broker)
+            assert result["op"] == "set_site_limit" and result["ok"] is False
+            assert result["error"]["code"] == "not_supported"
+        finally:
             await emsp.stop()
             broker.stop()
 

@@ -40,6 +40,11 @@ class UplinkSection:
     # Timeout of a downlink command sent to a charger.
     command_timeout: float = 30.0
     keepalive: int = 30
+    # How long the broker keeps this gateway's MQTT session while it is offline, so QoS 1 commands the eMSP sends
+    # during a backhaul outage are delivered when it reconnects (MQTT 5 Session Expiry Interval; with 3.1.1 any
+    # value > 0 means a persistent session whose lifetime the broker decides). 0 = clean session: commands sent
+    # while the gateway is offline are lost and the eMSP must retry them.
+    command_session_s: int = 3600
     # Reconnect backoff cap (seconds); the contract value is 60.
     reconnect_max: float = 60.0
     # Largest downlink message accepted (MQTT 5 Maximum Packet Size; token lists are the large ones).
@@ -66,6 +71,8 @@ class UplinkSection:
             return "reconnect_max: expected 1..3600 seconds"
         if not 5 <= self.keepalive <= 3600:
             return "keepalive: expected 5..3600 seconds"
+        if not 0 <= self.command_session_s <= 7 * 86400:
+            return "command_session_s: expected 0..604800 seconds (0 = clean session)"
         if not 1024 <= self.max_downlink_bytes <= 256 * 1024 * 1024:
             return "max_downlink_bytes: expected 1024..268435456"
         if "/" in self.gateway_id or "+" in self.gateway_id or "#" in self.gateway_id:

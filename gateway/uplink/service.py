@@ -379,10 +379,14 @@ class Uplink:
 
     def _make_client(self) -> aiomqtt.Client:
         v5 = self.cfg.protocol == 5
+        persistent = self.cfg.command_session_s > 0
         connect_props = None
         if v5:
             connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             connect_props.MaximumPacketSize = self.cfg.max_downlink_bytes + 1024
+            if persistent:
+                # the broker queues the commands (QoS 1) sent while this gateway is offline, for this long
+                connect_props.SessionExpiryInterval = self.cfg.command_session_s
         client = aiomqtt.Client(
             self.cfg.host,
             self.cfg.port,
@@ -393,7 +397,9 @@ class Uplink:
             will=aiomqtt.Will(
                 self.topics.presence, self._presence(False, "connection_lost"), qos=1, retain=True
             ),
-            clean_session=None if v5 else True,
+            clean_session=None if v5 else not persistent,
+            # MQTT 5: resume the session the broker kept (paho ignores clean_start for 3.1.1)
+            clean_start=not persistent,
             timeout=BROKER_ACK_TIMEOUT_S,
             keepalive=self.cfg.keepalive,
             max_inflight_messages=MAX_INFLIGHT,
