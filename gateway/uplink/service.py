@@ -19,6 +19,7 @@ from typing import Any
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt import client as mqtt_client
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -398,8 +399,8 @@ class Uplink:
                 self.topics.presence, self._presence(False, "connection_lost"), qos=1, retain=True
             ),
             clean_session=None if v5 else not persistent,
-            # MQTT 5: resume the session the broker kept (paho ignores clean_start for 3.1.1)
-            clean_start=not persistent,
+            # MQTT 5: resume the session the broker kept; 3.1.1 takes clean_session and must keep paho's default
+            clean_start=(not persistent) if v5 else mqtt_client.MQTT_CLEAN_START_FIRST_ONLY,
             timeout=BROKER_ACK_TIMEOUT_S,
             keepalive=self.cfg.keepalive,
             max_inflight_messages=MAX_INFLIGHT,
