@@ -12,7 +12,7 @@ StatusNotification, ...; dropped while offline) and the persisted transaction-me
 import json
 
 from agent import configkeys, connector, ocppj
-from agent.compat import const, is_int, iso_utc, mask_token
+from agent.compat import const, is_int, iso_utc, mask_token, parse_iso
 from agent.localauth import LocalAuth, clean_id_tag_info, effective_status
 from agent.txqueue import METER, START, STOP, TxQueue
 
@@ -35,6 +35,14 @@ BOOT_RETRY_DEFAULT_S = const(30)
 RESET_GRACE_MS = const(1000)
 # ...and at most this long for the StopTransactions to be delivered (they are persisted anyway).
 RESET_MAX_WAIT_MS = const(10000)
+# A port restarts within moments of hal.reboot() (MicroPython: machine.reset() does not return; the CPython port
+# drops the core as soon as the tick that asked returns). A core still being ticked this long after asking did not
+# get its reset: the request is repeated (ResetRetries), a soft one finally escalated to hard.
+RESET_CONFIRM_MS = const(15000)
+# The Central System's currentTime (BootNotification/Heartbeat answers) has whole-second resolution and arrives
+# one network transit after it was read: a difference below this is resolution and transit noise, not a wrong
+# clock, and following it would make timestamps step back and forth by a second.
+CLOCK_MIN_CORRECTION_S = const(2)
 # Cap on waiting non-transaction messages (StatusNotification bursts, triggered messages).
 MAX_DIRECT = const(32)
 # Cap on meter samples kept for StopTransaction.transactionData (first = Transaction.Begin is kept).
@@ -148,8 +156,9 @@ class AgentConfig:
         max_current_a=32,
         voltage_v=230,
         phases=3,
+        storage_journal=True,
     ):
-        # type: (str, int, str, str, str, str, int, int, int) -> None
+        # type: (str, int, str, str, str, str, int, int, int, bool) -> None
         self.charge_point_id = charge_point_id
         self.connectors = connectors
         self.vendor = vendor
@@ -159,6 +168,9 @@ class AgentConfig:
         self.max_current_a = max_current_a  # per phase, the connector's rating
         self.voltage_v = voltage_v
         self.phases = phases
+        # Journal the offline queue and the authorization cache (agent/journal.py); False = rewrite their whole
+        # blob on every change (the pre-journal policy: ports whose storage cannot append, the flash benchmark).
+        self.storage_journal = storage_journal
 
 
 class _Connector:
@@ -205,6 +217,10 @@ class ChargePointCore:
         self._direct = []  # type: list[dict[str, Any]]
         self._last_call_ms = hal.ticks_ms()
         self._reset = None  # type: dict[str, Any] | None
+        # Central System time minus hal.wall_time(), from BootNotification/Heartbeat answers (not persisted: a
+        # charger without RTC gets it again with the next BootNotification after a restart)
+        self._clock_offset = 0.0
+        self.clock_synced = False  # True once a currentTime was received (and applied when it differed)
         self._next_aligned = None  # type: float | None
         self._cp_operative = True
         # An id authorized on a multi-connector charger before any EV was plugged: the first connector that
@@ -213,8 +229,9 @@ class ChargePointCore:
         self._floating_authorizing = None  # type: str | None
         self._floating_profile = None  # type: dict[str, Any] | None
         self.cfg = configkeys.Configuration(hal, config.connectors)
-        self.queue = TxQueue(hal)
-        self.auth = LocalAuth(hal)
+        journal = getattr(config, "storage_journal", True)
+        self.queue = TxQueue(hal, journal=journal)
+        self.auth = LocalAuth(hal, journal=journal)
         self.smart = SmartCharging(hal, config) if SmartCharging is not None else None
         self.connectors = [_Connector(i + 1) for i in range(config.connectors)]
         self._load_availability()
@@ -343,6 +360,38 @@ class ChargePointCore:
         if self.log is not None:
             self.log(msg)
 
+    # ==================================================================================================
+    # clock
+    # ==================================================================================================
+    def wall_time(self) -> float:
+        """UNIX seconds on the Central System's clock (as far as known): every OCPP timestamp comes from here."""
+        return self._wall()
+
+    def _wall(self) -> float:
+        return float(self.hal.wall_time()) + self._clock_offset
+
+    def _sync_clock(self, current_time: "Any") -> None:
+        """Follow the Central System's clock (currentTime of a BootNotification or Heartbeat answer).
+
+        Timestamps already taken (queued messages, the running transactions' start) are left as they are: they
+        were the charger's best knowledge when the event happened, and OCPP 1.6 has no way to flag them."""
+        t = parse_iso(current_time)
+        if t is None:
+            self._log("unusable currentTime ignored")
+            return
+        self.clock_synced = True
+        diff = t - self._wall()
+        if -CLOCK_MIN_CORRECTION_S < diff < CLOCK_MIN_CORRECTION_S:
+            return
+        set_rtc = getattr(
+            self.hal, "set_wall_time", None
+        )  # optional (a HAL not derived from hal.Hal may lack it)
+        if set_rtc is not None:
+            set_rtc(t)
+        self._clock_offset = t - self.hal.wall_time()
+        self._next_aligned = None  # clock-aligned sampling restarts on the new timeline
+        self._log("clock corrected by " + str(int(diff)) + " s")
+
     def _emit(self, frame: str) -> None:
         if len(self._out) >= MAX_OUTGOING:
             self._out.pop(0)
@@ -453,7 +502,7 @@ class ChargePointCore:
                 self.queue.drop_transaction(entry["tx"])
             return
         entry["not_before"] = now + self.cfg.get("TransactionMessageRetryInterval") * 1000 * entry["attempts"]
-        self.queue.save()
+        self.queue.note_attempt(entry)
 
     def _call_failed(self, entry: "dict[str, Any]") -> None:
         """A non-transaction CALL could not be delivered (offline, CALLERROR, timeout)."""
@@ -478,6 +527,7 @@ class ChargePointCore:
         interval = payload["interval"]
         if status not in ("Accepted", "Pending", "Rejected") or not is_int(interval) or interval < 0:
             raise ValueError("bad BootNotification.conf")
+        self._sync_clock(payload.get("currentTime"))
         self.registration_status = status
         if status == "Accepted":
             if interval > 0 and interval != self.cfg.get("HeartbeatInterval"):
@@ -495,7 +545,7 @@ class ChargePointCore:
             self._boot_due = self.hal.ticks_ms() + wait_s * 1000
 
     def _conf_Heartbeat(self, payload: "dict[str, Any]", ctx: "Any") -> None:
-        pass
+        self._sync_clock(payload.get("currentTime"))
 
     def _conf_Authorize(self, payload: "dict[str, Any]", ctx: "Any") -> None:
         info = clean_id_tag_info(payload.get("idTagInfo"))
@@ -503,7 +553,7 @@ class ChargePointCore:
             raise ValueError("bad idTagInfo")
         c = self._clear_authorizing(ctx["cid"])
         self.auth.remember(ctx["id_tag"], info, self.cfg.get("AuthorizationCacheEnabled"))
-        if effective_status(info, self.hal.wall_time()) == "Accepted":
+        if effective_status(info, self._wall()) == "Accepted":
             self._authorized(c, ctx["id_tag"])
         else:
             self._log("id " + mask_token(ctx["id_tag"]) + " not accepted: " + info["status"])
@@ -621,7 +671,8 @@ class ChargePointCore:
             c.waiting = None
             if c.tx is not None:
                 self._stop_tx(c, reason, None)
-        self._reset = {"hard": hard, "at": self.hal.ticks_ms()}
+        # "asked": when hal.reboot() was last called (None: not yet); "tries": reboot requests of this kind so far
+        self._reset = {"hard": hard, "at": self.hal.ticks_ms(), "asked": None, "tries": 0}
         return ({"status": "Accepted"},)
 
     def _h_UnlockConnector(self, p: "dict[str, Any]") -> "tuple[Any, ...]":
@@ -734,7 +785,7 @@ class ChargePointCore:
         if cid < 0 or cid > len(self.connectors):
             return ({"status": "Rejected"},)
         tx = self.connectors[cid - 1].tx if cid > 0 else None
-        status = self.smart.set_profile(cid, p["csChargingProfiles"], tx, self.hal.wall_time())
+        status = self.smart.set_profile(cid, p["csChargingProfiles"], tx, self._wall())
         return ({"status": status},)
 
     def _h_ClearChargingProfile(self, p: "dict[str, Any]") -> "tuple[Any, ...]":
@@ -751,7 +802,7 @@ class ChargePointCore:
             cid,
             p["duration"],
             p.get("chargingRateUnit"),
-            self.hal.wall_time(),
+            self._wall(),
             tx,
             float(self.config.max_current_a),
         )
@@ -769,7 +820,8 @@ class ChargePointCore:
     # ==================================================================================================
     def _can_start_on(self, c: _Connector) -> bool:
         return (
-            c.tx is None
+            self._reset is None  # no new transaction between Reset.conf and the reboot
+            and c.tx is None
             and c.operative
             and self._cp_operative
             and c.status not in (connector.FAULTED, connector.UNAVAILABLE)
@@ -837,7 +889,7 @@ class ChargePointCore:
         info = self.auth.lookup(
             id_tag, self.cfg.get("LocalAuthListEnabled"), self.cfg.get("AuthorizationCacheEnabled")
         )
-        if info is None or effective_status(info, self.hal.wall_time()) != "Accepted":
+        if info is None or effective_status(info, self._wall()) != "Accepted":
             return None
         return info.get("parentIdTag")
 
@@ -850,7 +902,7 @@ class ChargePointCore:
             info = self.auth.lookup(
                 id_tag, self.cfg.get("LocalAuthListEnabled"), self.cfg.get("AuthorizationCacheEnabled")
             )
-            if info is not None and effective_status(info, self.hal.wall_time()) == "Accepted":
+            if info is not None and effective_status(info, self._wall()) == "Accepted":
                 self._authorized(c, id_tag)
                 return
         if c is not None:
@@ -873,10 +925,7 @@ class ChargePointCore:
             id_tag, self.cfg.get("LocalAuthListEnabled"), self.cfg.get("AuthorizationCacheEnabled")
         )
         if info is not None:
-            ok = (
-                self.cfg.get("LocalAuthorizeOffline")
-                and effective_status(info, self.hal.wall_time()) == "Accepted"
-            )
+            ok = self.cfg.get("LocalAuthorizeOffline") and effective_status(info, self._wall()) == "Accepted"
         else:
             ok = self.cfg.get("AllowOfflineTxForUnknownId")
         if ok:
@@ -910,7 +959,7 @@ class ChargePointCore:
             self._log("transaction refused: offline queue full")
             return
         local = self.queue.new_local_id()
-        wall = self.hal.wall_time()
+        wall = self._wall()
         meter = int(self.hal.meter_wh(c.cid))
         ts = iso_utc(wall)
         c.tx = {
@@ -944,7 +993,7 @@ class ChargePointCore:
         # Open the contactor first, then read the register: energy that flows between the reading and the relay
         # opening would otherwise be delivered but never billed.
         self._set_relay(c, False)
-        ts = iso_utc(self.hal.wall_time())
+        ts = iso_utc(self._wall())
         meter = int(self.hal.meter_wh(c.cid))
         if meter < tx["meter_start"]:
             meter = tx["meter_start"]  # a meter swap/reset must not produce negative energy
@@ -989,7 +1038,7 @@ class ChargePointCore:
         self, c: _Connector, context: str, measurands: "list[Any]", txn_measurands: "list[Any]"
     ) -> None:
         tx = c.tx
-        ts = iso_utc(self.hal.wall_time())
+        ts = iso_utc(self._wall())
         if measurands:
             mv = self._meter_value(c, measurands, context, ts)
             if tx is not None:
@@ -1005,9 +1054,7 @@ class ChargePointCore:
             self._save_transactions()
 
     def _send_triggered_meter_values(self, c: _Connector) -> None:
-        mv = self._meter_value(
-            c, self.cfg.get("MeterValuesSampledData"), "Trigger", iso_utc(self.hal.wall_time())
-        )
+        mv = self._meter_value(c, self.cfg.get("MeterValuesSampledData"), "Trigger", iso_utc(self._wall()))
         payload = {"connectorId": c.cid, "meterValue": [mv]}  # type: dict[str, Any]
         if c.tx is not None:
             real = self.queue.real_id(c.tx["local"])
@@ -1026,7 +1073,7 @@ class ChargePointCore:
     def _limit_amps(self, c: _Connector) -> float:
         limit = float(self.config.max_current_a)
         if self.smart is not None:
-            sc = self.smart.limit_amps(c.cid, self.hal.wall_time(), c.tx)
+            sc = self.smart.limit_amps(c.cid, self._wall(), c.tx)
             if sc is not None and sc < limit:
                 limit = sc
         return limit
@@ -1106,7 +1153,7 @@ class ChargePointCore:
                 "connectorId": cid,
                 "errorCode": err,
                 "status": status,
-                "timestamp": iso_utc(self.hal.wall_time()),
+                "timestamp": iso_utc(self._wall()),
             },
         )
 
@@ -1130,7 +1177,7 @@ class ChargePointCore:
             self._send_direct("Heartbeat", {})
         aligned = self.cfg.get("ClockAlignedDataInterval")
         if aligned > 0:
-            wall = self.hal.wall_time()
+            wall = self._wall()
             if self._next_aligned is None:
                 self._next_aligned = (int(wall) // aligned + 1) * aligned
             elif wall >= self._next_aligned:
@@ -1145,10 +1192,43 @@ class ChargePointCore:
         else:
             self._next_aligned = None
         reset = self._reset
-        if reset is not None and now - reset["at"] >= RESET_GRACE_MS:
-            delivered = len(self.queue) == 0 or not self._online
-            if delivered or now - reset["at"] >= RESET_MAX_WAIT_MS:
-                self._reset = None
-                self._log("rebooting (" + ("hard" if reset["hard"] else "soft") + " reset)")
-                self.reboot_requested = reset["hard"]
-                self.hal.reboot(reset["hard"])
+        if reset is None:
+            return
+        if reset["asked"] is None:
+            if now - reset["at"] >= RESET_GRACE_MS:
+                delivered = len(self.queue) == 0 or not self._online
+                if delivered or now - reset["at"] >= RESET_MAX_WAIT_MS:
+                    self._reboot(reset, now)
+        elif now - reset["asked"] >= RESET_CONFIRM_MS:
+            self._reset_not_done(reset, now)
+
+    def _reboot(self, reset: "dict[str, Any]", now: int) -> None:
+        reset["tries"] += 1
+        reset["asked"] = now
+        self._log(
+            "rebooting ("
+            + ("hard" if reset["hard"] else "soft")
+            + " reset, attempt "
+            + str(reset["tries"])
+            + ")"
+        )
+        self.reboot_requested = reset["hard"]
+        self.hal.reboot(reset["hard"])
+
+    def _reset_not_done(self, reset: "dict[str, Any]", now: int) -> None:
+        """Still running RESET_CONFIRM_MS after hal.reboot(): the reset was unsuccessful. OCPP 1.6 ResetRetries is
+        the number of times to retry it; a soft reset that still does not happen becomes a hard one (same
+        number of retries); after that the charger gives up and carries on (new transactions allowed again)."""
+        kind = "hard" if reset["hard"] else "soft"
+        if reset["tries"] <= self.cfg.get("ResetRetries"):
+            self._log(kind + " reset did not happen: retrying")
+            self._reboot(reset, now)
+        elif not reset["hard"]:
+            self._log("soft reset did not happen after " + str(reset["tries"]) + " attempts: hard reset")
+            reset["hard"] = True
+            reset["tries"] = 0
+            self._reboot(reset, now)
+        else:
+            self._log("reset failed after " + str(reset["tries"]) + " hard attempts: giving up")
+            self._reset = None
+            self.reboot_requested = None

@@ -19,8 +19,16 @@ class Hal:
         raise NotImplementedError
 
     def wall_time(self) -> float:
-        """Wall-clock UNIX time in seconds (int or float), used for OCPP timestamps only."""
+        """Wall-clock UNIX time in seconds (int or float), used for OCPP timestamps only. It need not be right:
+        a charger without a battery-backed RTC may start at 0; the core takes the Central System's time from the
+        BootNotification/Heartbeat answers and keeps its own offset to this clock."""
         raise NotImplementedError
+
+    def set_wall_time(self, unix: int) -> None:
+        """Optional: set the RTC to `unix` seconds (the Central System's time). After it, wall_time() should
+        return about `unix`. The default does nothing; the core measures the offset after calling it either way,
+        so a port that cannot set its clock simply keeps the default."""
+        return None
 
     # -- per connector (connector ids are 1..n) ---------------------------------------------------------------
     def pilot_state(self, connector_id: int) -> str:
@@ -64,6 +72,18 @@ class Hal:
     def storage_write(self, name: str, data: bytes) -> None:
         """Replace the blob atomically (write temp + rename, or equivalent on flash)."""
         raise NotImplementedError
+
+    def storage_append(self, name: str, data: bytes) -> None:
+        """Append `data` to the blob (creating it when absent), for the journals (agent/journal.py).
+
+        Contract: the bytes already in the blob are never changed; once it returns, `data` is as durable as a
+        storage_write would be; a power cut during the call may leave any prefix of `data` appended (a torn
+        tail, which the journal detects and ignores) but nothing else. It need not be atomic. A port should
+        implement it as a real append (open for append, write, close). This default reads the blob and rewrites
+        it whole through storage_write: correct, but it costs a full rewrite, so ports written before
+        storage_append existed keep working without the flash saving."""
+        old = self.storage_read(name)
+        self.storage_write(name, (old or b"") + bytes(data))
 
     # -- system -----------------------------------------------------------------------------------------------
     def reboot(self, hard: bool) -> None:

@@ -3,11 +3,20 @@ Authorization Cache the charge point fills itself from Authorize/Start/StopTrans
 
 Both persist in HAL storage. The cache is bounded: when full, invalid entries are dropped first, then the
 least recently updated.
+
+The cache changes on every Authorize, StartTransaction and StopTransaction answer (the hot path) and its blob
+grows to ~70 kB at CACHE_CAP entries, so it is journaled (agent/journal.py: one ~80-byte record per change,
+snapshot `authcache` only when the journal `authcache.jnl` passes CACHE_JOURNAL_MAX_BYTES and at boot). Records:
+  {"o": "c", "k": idTag, "i": idTagInfo, "t": counter}   remember (evicts like the live call when full)
+  {"o": "u", "k": [idTag, ...]}                         ids now managed by the local list leave the cache
+  {"o": "z"}                                           ClearCache
+The local list changes only on SendLocalList (rare, sized by the Central System): one blob, rewritten.
 """
 
 import json
 
 from agent.compat import const, is_int, parse_iso
+from agent.journal import Journal
 
 try:
     from typing import Any
@@ -19,6 +28,10 @@ CACHE_STORAGE = "authcache"
 
 # Default authorization cache capacity (entries).
 CACHE_CAP = const(1000)
+# Cache journal size that triggers a compaction: like the offline queue's (agent/txqueue.py), bounded so boot
+# replay reads a journal no larger than a typical cache snapshot, and a compaction (the whole cache) is amortized
+# over ~400 remembered answers.
+CACHE_JOURNAL_MAX_BYTES = const(32768)
 # Longest idTag in OCPP 1.6 (IdToken = CiString20).
 MAX_ID_TAG = const(20)
 
@@ -55,13 +68,14 @@ def effective_status(info: "dict[str, Any]", now_wall: "float") -> str:
 
 
 class LocalAuth:
-    def __init__(self, hal: "Any", cache_cap: int = CACHE_CAP):
+    def __init__(self, hal: "Any", cache_cap: int = CACHE_CAP, journal: bool = True):
         self._hal = hal
         self.cache_cap = cache_cap
         self.list_version = 0
         self.entries = {}  # type: dict[str, dict[str, Any]]
         self.cache = {}  # type: dict[str, dict[str, Any]]  # idTag -> {"info": idTagInfo, "t": update counter}
         self._counter = 0
+        self._journal = Journal(hal, CACHE_STORAGE, CACHE_JOURNAL_MAX_BYTES, journal)
         self._load()
 
     def _load(self) -> None:
@@ -74,24 +88,50 @@ class LocalAuth:
                     self.list_version = blob["version"]
             except (ValueError, AttributeError):
                 pass
-        raw = self._hal.storage_read(CACHE_STORAGE)
-        if raw:
+        blob, records = self._journal.load()
+        if blob is not None and isinstance(blob.get("cache"), dict) and is_int(blob.get("counter")):
+            self.cache = blob["cache"]
+            self._counter = blob["counter"]
+        else:
+            records = []  # deltas without their base: start empty, as with any corrupt blob
+        for rec in records:
             try:
-                blob = json.loads(raw)
-                if isinstance(blob.get("cache"), dict) and is_int(blob.get("counter")):
-                    self.cache = blob["cache"]
-                    self._counter = blob["counter"]
-            except (ValueError, AttributeError):
-                pass
+                self._apply(rec)
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+                break  # keep the state of the records before it (see agent/journal.py)
+        if self._journal.dirty_at_boot:
+            self._save_cache()
 
     def _save_list(self) -> None:
         blob = {"version": self.list_version, "entries": self.entries}
         self._hal.storage_write(LIST_STORAGE, json.dumps(blob).encode())
 
     def _save_cache(self) -> None:
-        self._hal.storage_write(
-            CACHE_STORAGE, json.dumps({"cache": self.cache, "counter": self._counter}).encode()
-        )
+        """Write the whole cache (snapshot) and restart its journal."""
+        self._journal.compact({"cache": self.cache, "counter": self._counter})
+
+    def _change(self, rec: "dict[str, Any]") -> None:
+        self._apply(rec)
+        if not self._journal.append(rec):
+            self._save_cache()  # journal off, not started yet, or full
+
+    def _apply(self, rec: "dict[str, Any]") -> None:
+        op = rec["o"]
+        if op == "c":
+            tag = rec["k"]
+            if not isinstance(tag, str) or not isinstance(rec["i"], dict):
+                raise ValueError("bad cache record")
+            self._counter = int(rec["t"])
+            if tag not in self.cache and len(self.cache) >= self.cache_cap:
+                self._evict()
+            self.cache[tag] = {"info": rec["i"], "t": self._counter}
+        elif op == "u":
+            for tag in rec["k"]:
+                self.cache.pop(tag, None)
+        elif op == "z":
+            self.cache = {}
+        else:
+            raise ValueError("unknown journal record")
 
     # -- lookups ----------------------------------------------------------------------------------------
     def lookup(self, id_tag: str, list_enabled: bool, cache_enabled: bool) -> "dict[str, Any] | None":
@@ -111,11 +151,7 @@ class LocalAuth:
         clean = clean_id_tag_info(info)
         if clean is None:
             return
-        self._counter += 1
-        if id_tag not in self.cache and len(self.cache) >= self.cache_cap:
-            self._evict()
-        self.cache[id_tag] = {"info": clean, "t": self._counter}
-        self._save_cache()
+        self._change({"o": "c", "k": id_tag, "i": clean, "t": self._counter + 1})
 
     def _evict(self) -> None:
         victim = None
@@ -129,8 +165,7 @@ class LocalAuth:
             del self.cache[victim]
 
     def clear_cache(self) -> None:
-        self.cache = {}
-        self._save_cache()
+        self._change({"o": "z"})
 
     # -- local list -------------------------------------------------------------------------------------
     def version(self, list_enabled: bool) -> int:
@@ -182,11 +217,7 @@ class LocalAuth:
         self.list_version = version
         self._save_list()
         # ids now managed by the list leave the cache (§3.5.1: the list takes precedence)
-        dirty = False
-        for tag in self.entries:
-            if tag in self.cache:
-                del self.cache[tag]
-                dirty = True
-        if dirty:
-            self._save_cache()
+        gone = [tag for tag in self.entries if tag in self.cache]
+        if gone:
+            self._change({"o": "u", "k": gone})
         return "Accepted"

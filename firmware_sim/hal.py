@@ -245,6 +245,9 @@ class SimHal(Hal):
     def storage_write(self, name: str, data: bytes) -> None:
         self.storage.write(name, data)
 
+    def storage_append(self, name: str, data: bytes) -> None:
+        self.storage.append(name, data)
+
     def reboot(self, hard: bool) -> None:
         self._request_reboot(bool(hard))
 

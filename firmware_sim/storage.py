@@ -1,4 +1,5 @@
-"""The simulated charger's flash: small named blobs in a directory, each replaced atomically, files 0600."""
+"""The simulated charger's flash: small named blobs in a directory, each replaced atomically or appended to
+(the agent's journals), files 0600."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class DirStorage:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.writes = 0
+        self.appends = 0
 
     def _path(self, name: str) -> Path:
         if not isinstance(name, str) or not _NAME.match(name) or name.endswith(".tmp"):
@@ -34,11 +36,7 @@ class DirStorage:
             return None
 
     def write(self, name: str, data: bytes) -> None:
-        if isinstance(data, str):
-            data = data.encode()
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise TypeError(f"storage blob {name!r} must be bytes, got {type(data).__name__}")
-        data = bytes(data)
+        data = _as_bytes(name, data)
         if len(data) > MAX_BLOB_BYTES:
             raise ValueError(f"storage blob {name!r} is {len(data)} bytes, more than {MAX_BLOB_BYTES}")
         path = self._path(name)
@@ -53,8 +51,36 @@ class DirStorage:
         os.replace(tmp, path)
         self.writes += 1
 
+    def append(self, name: str, data: bytes) -> None:
+        """Append to the blob (created 0600 when absent). Earlier bytes are never touched; a crash mid-write
+        leaves a prefix of `data`, which is what the agent's journal expects of flash."""
+        data = _as_bytes(name, data)
+        path = self._path(name)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size + len(data) > MAX_BLOB_BYTES:
+            raise ValueError(f"storage blob {name!r} would grow past {MAX_BLOB_BYTES} bytes")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            _write_all(fd, data)
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.appends += 1
+
     def names(self) -> list[str]:
         return sorted(p.name for p in self.dir.iterdir() if p.is_file() and not p.name.endswith(".tmp"))
+
+
+def _as_bytes(name: str, data: bytes | bytearray | memoryview | str) -> bytes:
+    if isinstance(data, str):
+        return data.encode()
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"storage blob {name!r} must be bytes, got {type(data).__name__}")
+    return bytes(data)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -7,6 +7,7 @@ module installs FRAME_HOOK to validate every frame against the official OCPP 1.6
 
 import json
 
+from agent.compat import iso_utc
 from agent.hal import Hal
 
 # Set by the CPython test module: hook(direction, action, kind, payload) validates one frame.
@@ -113,6 +114,7 @@ class Central:
         self._uid = 0
         self.max_inflight_seen = 0
         self.check_answers = True  # False: tests feeding deliberately malformed answers
+        self.clock_skew_s = 0  # Central System time minus the charger's wall clock, in currentTime answers
 
     # -- link -------------------------------------------------------------------------------------------
     def connect(self):
@@ -175,7 +177,8 @@ class Central:
         self.core.receive(json.dumps([3, uid, answer]))
 
     def default_answer(self, action, payload):
-        now = "2026-11-19T12:00:00Z"
+        # the Central System's clock: the charger's wall clock plus clock_skew_s (0: they agree)
+        now = iso_utc(self.hal.wall + self.clock_skew_s)
         if action == "BootNotification":
             return {"status": self.boot_status, "currentTime": now, "interval": self.interval}
         if action == "Heartbeat":

@@ -1,0 +1,157 @@
+"""The journal on the simulator's flash (firmware_sim DirStorage files on a tmp dir) under the real core, with a
+fake clock: appends are real O_APPEND writes, and a power cut at every byte of the last record (the file
+truncated there) reloads to the queue before or after that record, never anything else."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import journal
+from agent.core import AgentConfig, ChargePointCore
+from agent.txqueue import METER, START, STOP, TxQueue
+from firmware_sim.clock import ManualTime, SimClock
+from firmware_sim.ev import Ev, EvSpec
+from firmware_sim.hal import SimHal
+from firmware_sim.storage import MAX_BLOB_BYTES, DirStorage
+
+SPEC = EvSpec("test", capacity_kwh=60.0, max_ac_power_w=11000.0, phases=3)
+WALL0 = 1_795_000_000.0
+QJ = "txqueue" + journal.SUFFIX
+
+
+def _hal(flash: Path) -> tuple[SimHal, ManualTime]:
+    t = ManualTime()
+    clock = SimClock(1.0, monotonic=t, wall=lambda: WALL0 + t.now)
+    return SimHal("CP1", 1, flash, clock), t
+
+
+def _q_state(q: TxQueue) -> tuple[Any, ...]:
+    entries = [(e["action"], e["payload"], e["tx"], e["seq"], e["attempts"]) for e in q.entries]
+    return (entries, sorted(q.id_map.items()), q.next_local, q.seq)
+
+
+class _NamesWritten(DirStorage):
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.written: list[str] = []
+        self.appended: list[str] = []
+
+    def write(self, name: str, data: bytes) -> None:
+        self.written.append(name)
+        super().write(name, data)
+
+    def append(self, name: str, data: bytes) -> None:
+        self.appended.append(name)
+        super().append(name, data)
+
+
+def _offline_core(flash: Path) -> tuple[ChargePointCore, SimHal, ManualTime]:
+    hal, t = _hal(flash)
+    core = ChargePointCore(AgentConfig("CP1"), hal)
+    core.cfg.change("AllowOfflineTxForUnknownId", "true")
+    core.cfg.change("MeterValueSampleInterval", "10")
+    hal.plug_in(1, Ev(SPEC, soc=0.2))
+    hal.tap("OFFLINE-1")
+    for _ in range(3):
+        core.tick()
+        t.advance(1)
+    assert core.status(1) == "Charging" and core.transaction_id(1) is not None
+    return core, hal, t
+
+
+def test_dir_storage_append_creates_0600_and_appends(tmp_path: Path) -> None:
+    st = DirStorage(tmp_path / "flash")
+    st.append("j.jnl", b"ab")
+    st.append("j.jnl", bytearray(b"cd"))
+    assert st.read("j.jnl") == b"abcd" and st.appends == 2 and st.writes == 0
+    assert stat.S_IMODE(os.stat(tmp_path / "flash" / "j.jnl").st_mode) == 0o600
+    st.write("j.jnl", b"x")  # a compaction replaces it whole
+    st.append("j.jnl", b"y")
+    assert st.read("j.jnl") == b"xy"
+    with pytest.raises(ValueError):
+        st.append("../escape", b"x")
+    with pytest.raises(TypeError):
+        st.append("j.jnl", 5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        st.append("j.jnl", b"z" * MAX_BLOB_BYTES)
+    assert st.read("j.jnl") == b"xy"
+
+
+def test_offline_session_journals_instead_of_rewriting(tmp_path: Path) -> None:
+    flash = tmp_path / "flash"
+    core, hal, t = _offline_core(flash)
+    counting = _NamesWritten(flash)
+    hal.storage = counting
+    for _ in range(60):
+        t.advance(1)
+        core.tick()
+    assert [e["action"] for e in core.queue.entries].count(METER) == 6
+    assert counting.appended == [QJ] * 6  # one record per MeterValues
+    assert "txqueue" not in counting.written  # the queue snapshot was not rewritten
+    records, stopped = journal.decode_records((flash / QJ).read_bytes())
+    assert stopped is None and [r["a"] for r in records if r.get("o") == "p"] == [START] + [METER] * 6
+
+
+def test_power_cut_at_every_byte_of_the_last_record_on_flash(tmp_path: Path) -> None:
+    flash = tmp_path / "flash"
+    core, _hal_unused, t = _offline_core(flash)
+    # tick until one tick appends exactly one record (a periodic MeterValues)
+    for _ in range(30):
+        before = _q_state(core.queue)
+        prev = (flash / QJ).read_bytes()
+        t.advance(1)
+        core.tick()
+        full = (flash / QJ).read_bytes()
+        records, stopped = journal.decode_records(full[len(prev) :])
+        if len(records) == 1:
+            break
+    else:
+        raise AssertionError("no MeterValues sampled")
+    assert stopped is None and records[0]["o"] == "p" and records[0]["a"] == METER
+    after = _q_state(core.queue)
+    assert after != before
+    snapshot = (flash / "txqueue").read_bytes()
+    scratch = tmp_path / "after-cut"
+    rec_len = len(full) - len(prev)
+    seen = {"before": 0, "after": 0}
+    for k in range(rec_len + 1):
+        if scratch.exists():
+            shutil.rmtree(scratch)
+        scratch.mkdir()
+        (scratch / "txqueue").write_bytes(snapshot)
+        (scratch / QJ).write_bytes(full[: len(prev) + k])  # power cut after k bytes of the record
+        q = TxQueue(_hal(scratch)[0])
+        got = _q_state(q)
+        if k == rec_len:
+            assert got == after, k
+            seen["after"] += 1
+        else:
+            assert got == before, k
+            assert q.replay_stopped == (journal.TORN if k else None)
+            seen["before"] += 1
+    assert seen == {"before": rec_len, "after": 1}
+
+
+def test_restart_after_power_cut_replays_the_journal_and_stops_with_power_loss(tmp_path: Path) -> None:
+    flash = tmp_path / "flash"
+    core, hal, t = _offline_core(flash)
+    for _ in range(35):
+        t.advance(1)
+        core.tick()
+    queued = [e["action"] for e in core.queue.entries]
+    assert queued == [START, METER, METER, METER]
+    hal.power_cut()
+    hal.power_on()
+    core2 = ChargePointCore(AgentConfig("CP1"), hal)
+    entries = core2.queue.entries
+    assert [e["action"] for e in entries] == [START, METER, METER, METER, STOP]
+    assert entries[-1]["payload"]["reason"] == "PowerLoss"
+    # boot folded the journal into a snapshot: the journal holds only the records made since
+    records, stopped = journal.decode_records((flash / QJ).read_bytes())
+    assert stopped is None and [r.get("o") for r in records[1:]] == ["p"]
