@@ -5,17 +5,27 @@ change and the uplink events it causes are written in ONE store operation (one S
 returns, so the charger never gets an answer for something that is not on disk. Work that must talk back to the
 charger (local list sync, default charging profiles) is returned as `after` callbacks that the server runs as tasks
 once the answer is sent: a handler never issues a CALL itself.
+
+The server asks `admit()` before it dispatches a CALL to `handle()`: the registration gate (OCPP 1.6 §4.2, rules in
+gateway/ocpp/registration.py and docs/ocpp.md) refuses everything but BootNotification from a charger that is not
+Accepted, before any handler runs.
+
+Session progress: a MeterValues of a running transaction also emits `session.update` (energy so far, power, charger
+time), in the same transaction as the reading, at most once per `[uplink] session_update_interval_s` of charger
+time per transaction (docs/uplink.md). What was last reported per running transaction is kept in the
+`session_progress` table, so resends, restarts and out-of-order readings never repeat it or make it go backwards.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from gateway import events
 from gateway.auth.decision import AuthDecision, Purpose
@@ -23,9 +33,32 @@ from gateway.config import SiteConfig
 from gateway.errors import ChargegateError
 from gateway.events import ConnectorStatus, StatusBus
 from gateway.logutil import mask_token
-from gateway.store import Store
+from gateway.ocpp import registration
+from gateway.store import Store, register_migrations
 
 log = logging.getLogger("chargegate.csms")
+
+register_migrations(
+    "csms",
+    [
+        """
+        -- the last session.update per running transaction (deleted when it stops)
+        CREATE TABLE session_progress (
+            transaction_id INTEGER PRIMARY KEY,
+            charger_s REAL NOT NULL,      -- charger time of the reading it reported, epoch seconds
+            energy_wh INTEGER NOT NULL    -- what it reported; never reported lower again
+        );
+        """,
+    ],
+)
+
+# Default of `[uplink] session_update_interval_s` when the uplink section is not registered (the CSMS runs
+# without the uplink package, e.g. in unit tests): the MeterValueSampleInterval chargers ship with.
+DEFAULT_SESSION_UPDATE_INTERVAL_S: Final = 60.0
+ENERGY_REGISTER: Final = "Energy.Active.Import.Register"
+# A register beyond 1 TWh is not a charger's meter: such a reading is stored but drives no session.update (and
+# cannot overflow an SQLite integer).
+MAX_REGISTER_WH: Final = 1e12
 
 AfterAction = Callable[[], Awaitable[None]]
 
@@ -94,11 +127,19 @@ def now_iso() -> str:
 class ConnectionState:
     """What the CSMS remembers about one live websocket (not persisted)."""
 
-    def __init__(self, charger_id: str) -> None:
+    def __init__(self, charger_id: str, stored_registration: str | None = None) -> None:
         self.charger_id = charger_id
         # when this connection was first answered Pending (Csms.clock), to accept it after the retry interval
         self.pending_since: float | None = None
+        # the answer to the last BootNotification on this connection (None: it has not sent one)
         self.registration: str | None = None
+        # chargers.boot_status when the connection opened (None: never booted against this gateway)
+        self.stored_registration = stored_registration
+        # messages the gateway asked for with an accepted TriggerMessage, admitted once while not Accepted
+        self.triggered: set[str] = set()
+        # CALLs the registration gate refused on this connection; whether a BootNotification was asked for
+        self.refused = 0
+        self.boot_requested = False
 
 
 HANDLED_ACTIONS = frozenset(
@@ -144,6 +185,7 @@ class Csms:
         self.session_meters = session_meters
         self.clock = clock
         self.wall = wall
+        self.session_update_interval = session_update_interval(cfg)
         self._handlers: dict[str, Callable[[ConnectionState, dict[str, Any]], Awaitable[Reply]]] = {
             "BootNotification": self.boot_notification,
             "Heartbeat": self.heartbeat,
@@ -157,7 +199,28 @@ class Csms:
             "FirmwareStatusNotification": self.firmware_status,
         }
 
+    def admit(self, st: ConnectionState, action: str) -> registration.Verdict:
+        """The registration gate, asked by the server before `handle` (pure: no I/O, nothing changes but the
+        consumed TriggerMessage allowance)."""
+        verdict = registration.decide(
+            action,
+            booted=st.registration,
+            stored=st.stored_registration,
+            configured=self.configured_boot_status(st.charger_id),
+            triggered=action in st.triggered,
+        )
+        if verdict.triggered:
+            st.triggered.discard(action)
+        elif not verdict.admitted:
+            st.refused += 1
+        return verdict
+
+    def configured_boot_status(self, charger_id: str) -> str:
+        charger = self.cfg.charger(charger_id)
+        return (charger.boot_status if charger and charger.boot_status else "") or self.cfg.ocpp.boot_status
+
     async def handle(self, conn_state: ConnectionState, action: str, payload: dict[str, Any]) -> Reply:
+        """Dispatch one schema-valid CALL to its handler (the server has asked `admit` first)."""
         if "connectorId" in payload:
             self._check_connector(conn_state.charger_id, action, payload["connectorId"])
         return await self._handlers[action](conn_state, payload)
@@ -174,10 +237,13 @@ class Csms:
             )
 
     # -- connection lifecycle ---------------------------------------------------------------------------------
-    async def charger_connected(self, charger_id: str) -> None:
+    async def charger_connected(self, charger_id: str) -> str | None:
+        """Records the connection; returns the charger's persisted registration (its last BootNotification
+        answer, None if it never booted here) for the registration gate of this connection."""
         now = self.wall()
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT boot_status FROM chargers WHERE id = ?", (charger_id,)).fetchone()
             conn.execute(
                 "INSERT INTO chargers (id, first_seen, last_seen, connected) VALUES (?, ?, ?, 1) "
                 "ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, connected = 1",
@@ -190,9 +256,11 @@ class Csms:
                 charger_id=charger_id,
                 now=now,
             )
+            return str(row["boot_status"]) if row is not None and row["boot_status"] else None
 
-        await self.store.write(op)
+        stored = await self.store.write(op)
         self.status_bus.publish_presence(charger_id, True)
+        return stored
 
     async def charger_disconnected(self, charger_id: str) -> None:
         now = self.wall()
@@ -212,10 +280,7 @@ class Csms:
 
     # -- Core profile -----------------------------------------------------------------------------------------
     async def boot_notification(self, st: ConnectionState, p: dict[str, Any]) -> Reply:
-        charger = self.cfg.charger(st.charger_id)
-        configured = (
-            charger.boot_status if charger and charger.boot_status else ""
-        ) or self.cfg.ocpp.boot_status
+        configured = self.configured_boot_status(st.charger_id)
         status = configured
         if configured == "Pending":
             # Pending once per connection, then Accepted once the retry interval has passed: it lets an installer
@@ -225,7 +290,6 @@ class Csms:
                 st.pending_since = now_m
             elif now_m - st.pending_since >= self.cfg.ocpp.pending_retry_interval * 0.9:
                 status = "Accepted"
-        st.registration = status
         interval = (
             self.cfg.ocpp.heartbeat_interval if status == "Accepted" else self.cfg.ocpp.pending_retry_interval
         )
@@ -267,6 +331,8 @@ class Csms:
             )
 
         await self.store.write(op)
+        # the gate follows the answer only once it is on disk (a failed write answers InternalError instead)
+        st.registration = status
         reply = Reply({"status": status, "currentTime": now_iso(), "interval": interval})
         if status == "Accepted":
             reply.after = [self._bind(h, cid) for h in self.hooks.charger_booted]
@@ -460,6 +526,7 @@ class Csms:
         connector = int(p["connectorId"])
         tx_id = p.get("transactionId")
         now = self.wall()
+        interval = self.session_update_interval
 
         def op(conn: sqlite3.Connection) -> None:
             fresh = self._insert_samples(conn, cid, connector, tx_id, p["meterValue"], "meter_values", now)
@@ -479,6 +546,8 @@ class Csms:
                     droppable=True,
                     now=now,
                 )
+            if fresh and tx_id is not None and interval > 0:
+                _emit_session_updates(conn, cid, int(tx_id), fresh, interval, now)
 
         await self.store.write(op)
         if self.hooks.current_reported:
@@ -530,6 +599,9 @@ class Csms:
                 "stop_id_tag = ?, energy_wh = ?, state = 'stopped' WHERE id = ?",
                 (meter_stop, ts, now, reason, stop_tag, energy, tx_id),
             )
+            # no session.update after session.stopped: a stopped transaction gets none (state check), and its
+            # progress row goes
+            conn.execute("DELETE FROM session_progress WHERE transaction_id = ?", (tx_id,))
             self._insert_samples(
                 conn, cid, connector, tx_id, p.get("transactionData", []), "stop_tx_data", now
             )
@@ -592,6 +664,143 @@ class Csms:
         assert column in ("diagnostics_status", "firmware_status")
         await self.store.write(
             lambda conn: conn.execute(f"UPDATE chargers SET {column} = ? WHERE id = ?", (status, cid))
+        )
+
+
+def session_update_interval(cfg: SiteConfig) -> float:
+    """`[uplink] session_update_interval_s` (0 disables session.update). Read through the registered section so
+    the CSMS does not import the uplink package."""
+    value = getattr(
+        cfg.sections.get("uplink"), "session_update_interval_s", DEFAULT_SESSION_UPDATE_INTERVAL_S
+    )
+    return float(value) if isinstance(value, int | float) else DEFAULT_SESSION_UPDATE_INTERVAL_S
+
+
+def charger_seconds(ts: str) -> float | None:
+    """Epoch seconds of a charger timestamp (ISO 8601; no zone = UTC, as only differences matter); None if it
+    does not parse."""
+    try:
+        dt = datetime.fromisoformat(ts)
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        value = dt.timestamp()
+    except (ValueError, OverflowError, OSError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _number(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def register_wh(sampled: list[dict[str, Any]]) -> float | None:
+    """The Energy.Active.Import.Register total of one meterValue in Wh: no phase, at the outlet, not signed
+    data, unit Wh or kWh (the same selection as the session record's charging periods); None if it has none."""
+    for sv in sampled:
+        if (
+            sv.get("measurand", ENERGY_REGISTER) != ENERGY_REGISTER
+            or sv.get("phase")
+            or sv.get("location", "Outlet") != "Outlet"
+            or sv.get("format") == "SignedData"
+        ):
+            continue
+        value = _number(sv.get("value"))
+        unit = sv.get("unit", "Wh")
+        if value is None or unit not in ("Wh", "kWh"):
+            continue
+        wh = value * 1000.0 if unit == "kWh" else value
+        if abs(wh) <= MAX_REGISTER_WH:
+            return wh
+    return None
+
+
+def power_w(sampled: list[dict[str, Any]]) -> float | None:
+    """Power.Active.Import of one meterValue in W: the total, else the sum of the per-phase values; None if
+    absent."""
+    total: float | None = None
+    phases: dict[str, float] = {}
+    for sv in sampled:
+        if sv.get("measurand") != "Power.Active.Import" or sv.get("location", "Outlet") != "Outlet":
+            continue
+        value = _number(sv.get("value"))
+        unit = sv.get("unit", "W")
+        if value is None or unit not in ("W", "kW"):
+            continue
+        w = value * 1000.0 if unit == "kW" else value
+        phase = sv.get("phase", "")
+        if not phase:
+            total = w
+        elif phase in ("L1", "L2", "L3", "L1-N", "L2-N", "L3-N"):
+            phases[phase[:2]] = w
+    if total is None and phases:
+        total = sum(phases.values())
+    return None if total is None or abs(total) > MAX_REGISTER_WH else round(total, 1)
+
+
+def _emit_session_updates(
+    conn: sqlite3.Connection,
+    cid: str,
+    tx_id: int,
+    fresh: list[dict[str, Any]],
+    interval: float,
+    now: float,
+) -> None:
+    """session.update for the newly stored readings of a running transaction, inside the caller's transaction.
+
+    A reading with an energy register reports when it is at least `interval` seconds of charger time after the
+    last report of this transaction (the first such reading always reports). Charger time, not arrival time: a
+    queue delivered in a burst after an outage reports its history at the same resolution, ending at most one
+    interval behind its newest reading. energy_wh = register - meterStart, never negative and never lower than
+    the last report (a meter glitch or swap does not make a session shrink). Resent readings are not fresh, so
+    they report nothing; a stopped or unknown transaction, or one of another charger, reports nothing."""
+    tx = conn.execute(
+        "SELECT charger_id, connector_id, meter_start, state FROM transactions WHERE id = ?", (tx_id,)
+    ).fetchone()
+    if tx is None or tx["charger_id"] != cid or tx["state"] != "active":
+        return
+    last = conn.execute(
+        "SELECT charger_s, energy_wh FROM session_progress WHERE transaction_id = ?", (tx_id,)
+    ).fetchone()
+    last_s: float | None = float(last["charger_s"]) if last is not None else None
+    last_wh = int(last["energy_wh"]) if last is not None else 0
+    reported = False
+    for mv in fresh:
+        reg = register_wh(mv["sampledValue"])
+        if reg is None:
+            continue
+        ts = mv["timestamp"]
+        at = charger_seconds(ts)
+        if at is None:
+            at = now  # only without schema validation: fall back to the gateway's clock
+        if last_s is not None and at - last_s < interval:
+            continue
+        energy = max(last_wh, round(reg) - int(tx["meter_start"]), 0)
+        events.emit(
+            conn,
+            events.SESSION_UPDATE,
+            {
+                "tx": tx_id,
+                "charger": cid,
+                "connector": int(tx["connector_id"]),
+                "energy_wh": energy,
+                "power_w": power_w(mv["sampledValue"]),
+                "ts": ts,
+            },
+            charger_id=cid,
+            charger_ts=ts,
+            now=now,
+        )
+        last_s, last_wh, reported = at, energy, True
+    if reported:
+        conn.execute(
+            "INSERT INTO session_progress (transaction_id, charger_s, energy_wh) VALUES (?, ?, ?) "
+            "ON CONFLICT (transaction_id) DO UPDATE SET charger_s = excluded.charger_s, "
+            "energy_wh = excluded.energy_wh",
+            (tx_id, last_s, last_wh),
         )
 
 

@@ -4,6 +4,13 @@ Per connection, a reader task classifies every frame at once (so a charger's CAL
 own handler, the deadlock the `ocpp` library has when a handler issues a call), while a worker task answers the
 charger's CALLs one at a time in arrival order. Commands to chargers go through `call()` (the ChargerCommands API),
 one outstanding CALL per charger as OCPP-J requires.
+
+Before a CALL reaches its handler the worker asks the CSMS's registration gate (`Csms.admit`, OCPP 1.6 §4.2): a
+charger that is not Accepted gets one CALLERROR SecurityError for anything but BootNotification, nothing is
+recorded, the connection stays up. The first refusal on a connection without a BootNotification asks the charger
+to boot (TriggerMessage BootNotification) so its registration can complete. Refusals are counted in `stats`
+(`refused_unregistered`, and per charger; `chargegate status` shows both) and logged at WARNING, once a minute
+per charger.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from gateway.config import SiteConfig
 from gateway.csms import HANDLED_ACTIONS, CallRefused, ConnectionState, Csms
 from gateway.errors import ChargegateError, ChargerNotConnected, CommandError
 from gateway.logutil import RepeatFilter
-from gateway.ocpp import framing
+from gateway.ocpp import framing, registration
 
 log = logging.getLogger("chargegate.ocpp")
 
@@ -50,6 +57,8 @@ class _Connection:
         # Bounded: a charger that floods CALLs without waiting for answers stalls its own socket, nobody else's.
         self.inbox: asyncio.Queue[framing.InboundCall] = asyncio.Queue(maxsize=max_queue)
         self.pending: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
+        # message id of an outstanding TriggerMessage -> the message it asks for (admitted once it is Accepted)
+        self.triggers: dict[str, str] = {}
         self.call_lock = asyncio.Lock()
         self.closed = False
 
@@ -104,7 +113,17 @@ class OcppServer:
         self._passwords = {c.id: c.password for c in cfg.chargers}
         self._quiet = RepeatFilter(log)
         self.port = 0
-        self.stats = {"frames_in": 0, "frames_out": 0, "rejected": 0, "dropped": 0}
+        self.stats: dict[str, Any] = {
+            "frames_in": 0,
+            "frames_out": 0,
+            "rejected": 0,
+            "dropped": 0,
+            # CALLs refused by the registration gate (the charger was not Accepted); per charger below
+            "refused_unregistered": 0,
+        }
+        # keys: configured chargers only (an unknown id never gets past the handshake), so bounded
+        self.refused_by_charger: dict[str, int] = {}
+        self.stats["refused_unregistered_by_charger"] = self.refused_by_charger
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     async def start(self) -> int:
@@ -190,7 +209,7 @@ class OcppServer:
             old.fail_pending(ChargerNotConnected(f"{cid}: connection replaced"))
             await old.ws.close(1000, "replaced by a new connection")
         log.info("%s connected from %s", cid, ws.remote_address[0] if ws.remote_address else "?")
-        await self.csms.charger_connected(cid)
+        conn.state.stored_registration = await self.csms.charger_connected(cid)
         worker = asyncio.create_task(self._worker(conn), name=f"ocpp-worker-{cid}")
         try:
             await self._reader(conn)
@@ -246,6 +265,13 @@ class OcppServer:
         validate = self.cfg.ocpp.validate_schemas
         while True:
             msg = await conn.inbox.get()
+            verdict = self.csms.admit(conn.state, msg.action)
+            if not verdict.admitted:
+                try:
+                    await self._refuse_unregistered(conn, msg, verdict)
+                except ConnectionClosed:
+                    return
+                continue
             try:
                 reply = await self.csms.handle(conn.state, msg.action, msg.payload)
             except CallRefused as e:
@@ -283,6 +309,47 @@ class OcppServer:
             for action in reply.after:
                 self._spawn(action(), f"after-{msg.action}-{conn.charger_id}")
 
+    async def _refuse_unregistered(
+        self, conn: _Connection, msg: framing.InboundCall, verdict: registration.Verdict
+    ) -> None:
+        cid = conn.charger_id
+        self.stats["refused_unregistered"] += 1
+        self.refused_by_charger[cid] = self.refused_by_charger.get(cid, 0) + 1
+        self._quiet.log(
+            logging.WARNING,
+            f"unregistered:{cid}",
+            "%s %s refused: not registered (BootNotification %s, %s) -> CALLERROR %s "
+            "(%d refused on this connection; repeats within a minute are logged at DEBUG)",
+            cid,
+            msg.action,
+            verdict.status,
+            verdict.source,
+            registration.REFUSAL_CODE,
+            conn.state.refused,
+        )
+        await self._send(
+            conn, framing.call_error(msg.unique_id, registration.REFUSAL_CODE, verdict.description)
+        )
+        if conn.state.registration is None and not conn.state.boot_requested:
+            # No BootNotification on this connection (a reconnect, or a charger that skips it): ask for one, so
+            # the registration completes and the charger's retries of its queued messages get through.
+            conn.state.boot_requested = True
+            self._spawn(self._request_boot(conn), f"trigger-boot-{cid}")
+
+    async def _request_boot(self, conn: _Connection) -> None:
+        if conn.closed or self._conns.get(conn.charger_id) is not conn:
+            return  # a newer connection has its own gate
+        try:
+            answer = await self.call(
+                conn.charger_id, "TriggerMessage", {"requestedMessage": "BootNotification"}
+            )
+        except ChargegateError as e:
+            log.info("%s: TriggerMessage BootNotification not delivered: %s", conn.charger_id, e)
+            return
+        log.info(
+            "%s: asked to boot (TriggerMessage BootNotification): %s", conn.charger_id, answer.get("status")
+        )
+
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
@@ -314,6 +381,15 @@ class OcppServer:
         action, fut = entry
         if fut.done():
             return
+        requested = conn.triggers.pop(parsed.unique_id, None)
+        if (
+            isinstance(parsed, framing.InboundResult)
+            and requested
+            and parsed.payload.get("status") == "Accepted"
+        ):
+            # Recorded here, in the reader, before the next frame is read: the triggered message the charger sends
+            # right after this answer must find its allowance when the worker gets to it.
+            conn.state.triggered.add(requested)
         if isinstance(parsed, framing.InboundError):
             fut.set_exception(
                 CommandError(
@@ -357,6 +433,8 @@ class OcppServer:
             uid = self._ids()
             fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
             conn.pending[uid] = (action, fut)
+            if action in ("TriggerMessage", "ExtendedTriggerMessage"):
+                conn.triggers[uid] = str(payload["requestedMessage"])
             try:
                 try:
                     await self._send(conn, framing.call(uid, action, payload))
@@ -369,3 +447,4 @@ class OcppServer:
                     raise CommandError(f"{charger_id} did not answer {action} within {wait:g} s") from None
             finally:
                 conn.pending.pop(uid, None)
+                conn.triggers.pop(uid, None)

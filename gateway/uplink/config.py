@@ -49,6 +49,9 @@ class UplinkSection:
     reconnect_max: float = 60.0
     # Largest downlink message accepted (MQTT 5 Maximum Packet Size; token lists are the large ones).
     max_downlink_bytes: int = 4 * 1024 * 1024
+    # session.update (compact progress of a running session, never dropped): at most one per transaction per this
+    # many seconds of charger time, from the MeterValues that carry the energy register; 0 = no session.update.
+    session_update_interval_s: float = 60.0
 
     def validate(self) -> str | None:
         if not 1 <= self.port <= 65535:
@@ -75,6 +78,8 @@ class UplinkSection:
             return "command_session_s: expected 0..604800 seconds (0 = clean session)"
         if not 1024 <= self.max_downlink_bytes <= 256 * 1024 * 1024:
             return "max_downlink_bytes: expected 1024..268435456"
+        if not 0 <= self.session_update_interval_s <= 86400:
+            return "session_update_interval_s: expected 0 (off) or up to 86400 seconds"
         if "/" in self.gateway_id or "+" in self.gateway_id or "#" in self.gateway_id:
             return "gateway_id: must not contain '/', '+' or '#'"
         return None

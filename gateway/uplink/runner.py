@@ -71,8 +71,9 @@ def emit_session(conn: sqlite3.Connection, charger: str, connector: int, reading
         }
         ev.emit(conn, ev.METER_READING, body, charger_id=charger, charger_ts=iso(t), droppable=True, now=t)
         if i % 10 == 9:
-            ev.emit(conn, ev.SESSION_UPDATE, {"tx": tx, "energy_wh": energy - tx_start},
-                    charger_id=charger, charger_ts=iso(t), now=t)  # fmt: skip
+            update = {"tx": tx, "charger": charger, "connector": connector, "energy_wh": energy - tx_start,
+                      "power_w": None, "ts": iso(t)}  # fmt: skip
+            ev.emit(conn, ev.SESSION_UPDATE, update, charger_id=charger, charger_ts=iso(t), now=t)
     t += 30
     conn.execute(
         "INSERT INTO meter_samples (charger_id, connector_id, transaction_id, charger_ts, measurand, context, "
