@@ -11,11 +11,15 @@ the allocation falls back to the static safe split, which keeps the site within 
 The second test runs on the real stack: the gateway (in process: OCPP server over real websockets, store, hooks)
 with meters and load management wired exactly as docs/meters.md asks the lead to wire them in gateway/app.py,
 four real agents (firmware_sim fleet, the agent core a device runs) with simulated EVs, and Modbus meters simulated
-on a real pty bus whose values follow the chargers' actual draw.
+on a real pty bus whose values follow the chargers' actual draw. A mixed site: CP1..CP3 are three-phase chargers
+with three-phase EVs, CP4 a single-phase charger on site L2 ([load] phases / phase_rotation) with a single-phase EV;
+its meter reads its current on its own L1, the grid meter on L2. The building-load step is on L1 only.
 
-Checks: (1) sessions are limited by TxProfiles so the site stays within 32 A, and a building-load step is absorbed
-within a bounded settling time (measured; generous bound); (2) gateway gone: the TxProfile leases run out and every
-charger falls back to its TxDefaultProfile safe current by itself.
+Checks: (1) sessions are limited by TxProfiles so the site stays within 32 A on every phase, and a building-load
+step is absorbed within a bounded settling time (measured; generous bound); after the L1 step the L1 budget
+admits two of the three-phase sessions, while CP4, on L2, gets what they leave there (more than they get): it is
+not throttled by a phase it is not on; (2) gateway gone: the TxProfile leases run out and every charger falls back
+to its TxDefaultProfile safe current by itself.
 """
 
 from __future__ import annotations
@@ -148,11 +152,14 @@ IDS = [f"CP{i}" for i in range(1, 5)]
 TAGS = [f"TAG{i:04d}" for i in range(1, 5)]
 PASSWORD = "load-test-password-0123"
 EV22 = next(m for m in MODELS if m.name == "suv-22kW")  # 32 A three-phase
+VAN7 = next(m for m in MODELS if m.name == "van-7kW")  # 32 A single-phase
+SINGLE = "CP4"  # single-phase charger ...
+SINGLE_ON = 1  # ... on site L2 (index 1)
 
 
 def test_agents_obey_allocation_and_fall_back_when_the_gateway_is_gone(tmp_path: Path) -> None:
     catalog = load_catalog()
-    base = {"load": 5.0}
+    base = {"load": (5.0, 5.0, 5.0)}
     fleet_box: dict[str, Fleet] = {}
 
     def charger_amps(cid: str) -> tuple[float, float, float]:
@@ -167,9 +174,12 @@ def test_agents_obey_allocation_and_fall_back_when_the_gateway_is_gone(tmp_path:
         return (i, i if phases > 1 else 0.0, i if phases > 2 else 0.0)
 
     def grid() -> tuple[float, float, float]:
-        tot = [base["load"]] * 3
+        tot = list(base["load"])
         for cid in IDS:
-            a = charger_amps(cid)
+            a = charger_amps(cid)  # in the charger's own phase order (as its meter reads it)
+            if cid == SINGLE:
+                tot[SINGLE_ON] += a[0]
+                continue
             for k in range(3):
                 tot[k] += a[k]
         return (tot[0], tot[1], tot[2])
@@ -220,6 +230,8 @@ def test_agents_obey_allocation_and_fall_back_when_the_gateway_is_gone(tmp_path:
                         "control_interval_s": 0.5,
                         "profile_lease_s": LEASE,
                         "building_load_hold_s": 1.0,
+                        "phases": {SINGLE: 1},
+                        "phase_rotation": {SINGLE: "L2"},
                     },
                 },
             )
@@ -247,7 +259,7 @@ def test_agents_obey_allocation_and_fall_back_when_the_gateway_is_gone(tmp_path:
                 await asyncio.sleep(1.0)  # boot hooks: TxDefaultProfile
                 for cid, tag in zip(IDS, TAGS, strict=True):
                     hal = fleet.charger(cid).hal
-                    hal.plug_in(1, Ev(EV22, soc=0.2, id_tag=tag))
+                    hal.plug_in(1, Ev(VAN7 if cid == SINGLE else EV22, soc=0.2, id_tag=tag))
                     hal.tap(tag)
                 for _ in range(200):  # up to 20 s for Authorize + StartTransaction on all four
                     if len(lm.sessions) == 4:
@@ -257,12 +269,18 @@ def test_agents_obey_allocation_and_fall_back_when_the_gateway_is_gone(tmp_path:
                 t_sessions = time.monotonic() - t0
                 step_at = t_sessions + 8.0
                 end_at = step_at + 8.0
+                offered_before_step: dict[str, float] = {}
                 while (t := time.monotonic() - t0) < end_at:
                     if t >= step_at:
-                        base["load"] = 15.0
+                        if not offered_before_step:
+                            offered_before_step = {
+                                cid: fleet.charger(cid).hal.connector(1).offered_amps for cid in IDS
+                            }
+                        base["load"] = (15.0, 5.0, 5.0)
                     totals.append((t, max(grid())))
                     await asyncio.sleep(0.05)
                 status_before_kill = lm.status()
+                offered_before_kill = {cid: fleet.charger(cid).hal.connector(1).offered_amps for cid in IDS}
                 # --- the gateway is gone: no more renewals ----------------------------------------------------
                 gw.stop()
                 await asyncio.wait_for(gw_task, 15)
@@ -286,6 +304,8 @@ def test_agents_obey_allocation_and_fall_back_when_the_gateway_is_gone(tmp_path:
                 "offered": offered,
                 "fallback_after": fallback_after,
                 "status": status_before_kill,
+                "offered_before_kill": offered_before_kill,
+                "offered_before_step": offered_before_step,
                 "problems": list(fleet.problems.items),
             }
 
@@ -303,12 +323,29 @@ def test_agents_obey_allocation_and_fall_back_when_the_gateway_is_gone(tmp_path:
     print(
         f"before step max {max(settled_before):.1f} A, peak {max(v for _, v in totals):.1f} A, settling "
         f"{settle:.2f} s, after settling max {max(late):.1f} A; fallback to {r['offered']} after "
-        f"{r['fallback_after']:.1f} s; status {r['status']}"
+        f"{r['fallback_after']:.1f} s; offered before the step {r['offered_before_step']}; status {r['status']}"
     )
     assert max(settled_before) <= LIMIT + 0.5  # 0.5 A: the EV model's power rounding
     assert max(settled_before) >= LIMIT - 8.0  # the site is actually used, not starved
     assert settle < 8.0
     assert max(late) <= LIMIT + 0.5
+    # before the step all four share L2's 26 A: 6.5 A each in 0.1 A steps (whole amps would be 7/7/6/6)
+    before = r["offered_before_step"]
+    assert isinstance(before, dict) and all(6.0 < v < 7.0 for v in before.values()), before
+    # after the L1 step (16 A left on L1): two three-phase sessions fit there, the third waits; CP4 on L2 gets what
+    # the two leave on L2 (26 - 2 x 8 = 10 A), more than each of them: L1's load does not throttle it
+    status = r["status"]
+    assert isinstance(status, dict)
+    sessions = status["sessions"]
+    assert sessions[f"{SINGLE}/1"]["phases"] == "L2" and sessions["CP1/1"]["phases"] == "L1,L2,L3"
+    # CP4's meter (its own L1) maps onto site L2 consistently with the grid meter
+    assert status["phase_mismatch"] == [] and status["mode"] == "measured"
+    three = sorted(sessions[f"{cid}/1"]["limit_a"] for cid in IDS if cid != SINGLE)
+    single = sessions[f"{SINGLE}/1"]["limit_a"]
+    assert three[0] == 0.0 and three[1] >= 6.0, sessions
+    assert single >= three[2] + 1.0, sessions
+    offered = r["offered_before_kill"]  # the agent applies the limit as sent
+    assert isinstance(offered, dict) and offered[SINGLE] == single
     assert r["offered"] == {cid: SAFE for cid in IDS}, r["offered"]
     assert r["fallback_after"] < LEASE + 6
     # the fleet checks every OCPP frame against the 1.6 schemas (our SetChargingProfile included)

@@ -1,24 +1,43 @@
 """Allocation of the site's current among charging sessions. Pure: inputs and the monotonic time in, decisions out.
 
-Model (per phase, amps): the grid meter measures everything; the chargers' own draw (their meters, else what they
-were last allowed) is subtracted to get the building's other load; what remains below the site limit (minus a
-margin) is shared among sessions. Sessions are admitted in priority order (then by start time) while each can get
-at least `min_current`; the others are queued at 0 A (OCPP: the EV pauses). Admitted sessions get min_current each,
-then the rest is water-filled from the highest priority tier down, capped by each charger's rating.
+Model (amps, per site phase L1/L2/L3): the grid meter measures everything; the chargers' own draw (their meters)
+is mapped onto the site phases through each charger's wiring (`SessionInput.phases`: a three-phase charger, maybe
+rotated, loads all three; a single-phase one only its own) and subtracted phase by phase to get the building's other
+load on each phase; what remains below the site limit (minus a margin) on each phase is that phase's budget.
+A session consumes its limit on every site phase it is wired to, whatever its EV draws at the moment (a three-phase
+charger whose EV charges on one phase may get an EV that uses three at any time): only measured draw is taken off
+the building-load estimate, and only on the phases it was measured on.
 
-What cannot be changed this round is taken off the top before sharing: a session whose charger is unreachable
-counts at the limit in force on the charger (its last confirmed TxProfile while that lease runs, the charger's
-TxDefaultProfile current once it has run out), and so does a session whose last decrease failed (the old, higher
-limit is still in force; it is asked again, the others are sized as if it kept the old limit).
+Sessions are admitted in order (priority, then their place in line: the start time, or when they were last
+rotated out) while each gets at least `min_current` on every phase it uses; a session that does not fit is queued at
+0 A (OCPP: the EV pauses) and the next one is tried (a single-phase session on a free phase may charge while a
+three-phase one waits). Admitted sessions get min_current each, then the rest is water-filled from the highest
+priority tier down (each tier max-min fair over the phases), capped by each charger's rating. Limits are multiples
+of 0.1 A (OCPP 1.6 limit has one fractional digit), computed in integer tenths and always rounded down, so on every
+phase the limits never sum above the budget.
+
+Queue rotation (`rotation_interval` > 0): when a queued session has waited `rotation_interval` and an admitted one
+of the same priority shares a phase with it and has charged that long, the one that charged longest pauses and goes
+to the back of the line, and the one first in line charges - only if that lets it in and pauses nobody else.
+Sessions of another priority are never swapped. Idle sessions (`idle_yield`): a metered session drawing at most
+`idle_current` for `idle_yield` while others wait yields its place at once; it is "parked" (admitted only after all
+others, at min_current) until it draws again or gets its turn by rotation.
+
+What cannot be changed this round is taken off the top before sharing, on the phases it is wired to: a session
+whose charger is unreachable counts at the limit in force on the charger (its last confirmed TxProfile while that
+lease runs, the charger's TxDefaultProfile current once it has run out), and so does a session whose last decrease
+failed (the old, higher limit is still in force; it is asked again, the others are sized as if it kept the old
+limit). No rotation and no yielding in a round where a decrease is pending like that.
 
 Safety rules:
 - the grid meter stale (or absent), or a charger meter stale/not read yet -> static split of
-  `site_limit - building_reserve` (no measurement to trust);
-- decreases are applied at once; increases only when they exceed the hysteresis and the session's last change is
-  older than `min_change_interval`, so chargers are not spammed as the building load wobbles;
+  `site_limit - building_reserve` on every phase (no measurement to trust); and likewise while the phase accounting
+  is inconsistent (PHASE_MISMATCH_A);
+- decreases are applied at once (one smaller than the hysteresis only when the limits in force no longer fit);
+  increases only when they exceed the hysteresis and the session's last change is older than
+  `min_change_interval`, so chargers are not spammed as the building load wobbles;
 - a session whose meter shows more than its limit + tolerance for longer than `overdraw_grace` is flagged;
 - a session's limit counts as in force until its lease has surely run out (see LEASE_END_UNCERTAINTY_S).
-All three-phase: the budget is the tightest phase's (a conservative simplification for mixed 1/3-phase sites).
 """
 
 from __future__ import annotations
@@ -26,16 +45,32 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 SessionKey = tuple[str, int]  # (charger_id, connector_id)
+Phases = tuple[float, float, float]  # per site phase L1, L2, L3
+ALL_PHASES: tuple[int, ...] = (0, 1, 2)
 
 # When a TxProfile lease runs out on the charger is only known to within this: startSchedule goes out truncated to
 # whole seconds (the lease may end up to 1 s before `sent + lease`), the charger's clock (set from the
 # BootNotification answer) may be off by a little, and it re-evaluates its profiles on its own tick. Inside the
 # window the higher of the lease's limit and the fallback current counts.
 LEASE_END_UNCERTAINTY_S = 2.0
+
+# OCPP 1.6 ChargingSchedulePeriod.limit has one fractional digit: limits are whole tenths of an ampere. Shares are
+# computed as integers (tenths), so rounding can never make a sum exceed the budget.
+TENTHS_PER_A = 10
+_EPS = 1e-9  # float noise: 6.3 * 10 may be 62.99999999999999
+
+# Phase accounting check: the building load on a phase, grid current minus the EV draw mapped onto it, cannot be
+# clearly negative. Meters read a poll cycle apart make it so for a sample or two when an EV changes its draw (the
+# median of three samples filters that). If it stays below -PHASE_MISMATCH_A for PHASE_MISMATCH_S, EV current is
+# being counted on a phase it is not on (a wrong phase_rotation, or a charger meter wired in another order than
+# its charger), so it is missing from another phase whose building load is then underestimated: the measurement is
+# not trusted (static split) until the accounting is consistent again.
+PHASE_MISMATCH_A = 3.0
+PHASE_MISMATCH_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +91,10 @@ class AllocatorParams:
     # `fallback_current` (also what applies before a session's first TxProfile is confirmed).
     lease: float = math.inf
     fallback_current: float = 6.0
+    # Queue rotation (s; 0 = off) and idle sessions yielding their place (s; 0 = off): see the module docstring.
+    rotation_interval: float = 0.0
+    idle_current: float = 1.0
+    idle_yield: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -65,9 +104,19 @@ class SessionInput:
     started_at: float  # monotonic
     max_current: float  # the charger's rating
     priority: int = 0  # higher first
-    measured: float | None = None  # max phase current from its own meter, None if not metered/stale
+    # What its own meter measures, None if not metered/stale: a tuple gives the current on each of the charger's
+    # phases in the charger's own order (a single-phase charger: its one current, or the largest value of a meter
+    # with more phases); a number means that current on each phase it is wired to.
+    measured: float | tuple[float, ...] | None = None
     metered: bool = False  # it has a meter of its own (so measured None means: not read yet, or stale)
     reachable: bool = True  # its charger is connected: a new limit can be sent to it now
+    # the site phase (0 = L1) of each of the charger's phases, in its order
+    phases: tuple[int, ...] = ALL_PHASES
+    # which meter `measured` comes from: sessions sharing one meter count its draw once
+    meter: str | None = None
+    # Where the phases of a measured tuple are on the site when that is not `phases`: candidate mappings (a meter
+    # before or after a rotation); only what all of them agree on is taken as drawn on a phase. None: `phases`.
+    meter_phases: tuple[tuple[int, ...], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -91,20 +140,34 @@ class Overdraw:
     measured: float
 
 
+@dataclass(frozen=True)
+class Rotation:
+    """`resumed` gets its turn; `paused` (charged longest) goes to the back of the line."""
+
+    resumed: SessionKey
+    paused: tuple[SessionKey, ...]
+
+
 @dataclass
 class Allocation:
-    """One round's outcome. `targets` is the ideal allocation (an unreachable session's is the limit in force on
-    its charger); `changes` are the limits to send now, none for unreachable sessions (decreases first: the caller
-    must apply them before the increases, and send no increase when a decrease failed)."""
+    """One round's outcome. `targets` is what each session is to have (an unreachable session's is the limit in
+    force on its charger); `changes` are the limits to send now, none for unreachable sessions (decreases first: the
+    caller must apply them before the increases, and send no increase when a decrease failed)."""
 
     mode: str  # "measured" | "fallback"
-    available: float  # A per phase for all sessions together
-    other_load: float | None  # building load estimate (A, tightest phase)
+    available: float  # A for all sessions together on the tightest phase (see available_phases)
+    other_load: float | None  # building load estimate (A, highest phase)
     targets: dict[SessionKey, float]
     changes: list[Decision]
     overdraws: list[Overdraw] = field(default_factory=list)
     # sessions counted at what is in force on their charger (unreachable, or their last decrease failed): A each
     held: dict[SessionKey, float] = field(default_factory=dict)
+    available_phases: Phases = (0.0, 0.0, 0.0)  # A for all sessions on each site phase
+    other_phases: Phases | None = None  # building load estimate per site phase
+    waiting: list[SessionKey] = field(default_factory=list)  # queued at 0 A for lack of current
+    rotations: list[Rotation] = field(default_factory=list)
+    yielded: list[SessionKey] = field(default_factory=list)  # idle sessions that gave their place this round
+    mismatch: tuple[int, ...] = ()  # site phases whose accounting is inconsistent (mode is then "fallback")
 
 
 @dataclass
@@ -113,6 +176,127 @@ class _Sent:
     at: float  # when the charger confirmed it
     # when it was sent: the lease starts then (less the startSchedule truncation)
     lease_from: float
+
+
+def tenths(amps: float) -> int:
+    """Whole tenths of an ampere, rounded down (never below 0)."""
+    return max(0, math.floor(amps * TENTHS_PER_A + _EPS))
+
+
+def _tenths_up(amps: float) -> int:
+    return max(0, math.ceil(amps * TENTHS_PER_A - _EPS))
+
+
+def used_phases(s: SessionInput) -> tuple[int, ...]:
+    return tuple(sorted(set(s.phases)))
+
+
+def site_draw(s: SessionInput) -> list[float]:
+    """The session's measured draw on each site phase (0 where unknown: overestimating the building load is safe)."""
+    out = [0.0, 0.0, 0.0]
+    m = s.measured
+    if m is None:
+        return out
+    if isinstance(m, int | float):
+        for p in used_phases(s):
+            out[p] += max(0.0, float(m))
+    elif len(s.phases) == 1:
+        out[s.phases[0]] += max(0.0, max(m, default=0.0))
+    else:
+        candidates = []
+        for mapping in s.meter_phases or (s.phases,):
+            c = [0.0, 0.0, 0.0]
+            for i, amps in enumerate(m[: len(mapping)]):
+                c[mapping[i]] += max(0.0, amps)
+            candidates.append(c)
+        out = [min(c[p] for c in candidates) for p in ALL_PHASES]
+    return out
+
+
+def peak(s: SessionInput) -> float | None:
+    """The highest phase current its meter shows, None if unknown."""
+    m = s.measured
+    if m is None:
+        return None
+    if isinstance(m, int | float):
+        return float(m)
+    return max(m, default=0.0)
+
+
+def _order_key(
+    s: SessionInput, parked: Iterable[SessionKey], turn: Mapping[SessionKey, float]
+) -> tuple[bool, int, float, float, SessionKey]:
+    return (s.key in parked, -s.priority, turn.get(s.key, s.started_at), s.started_at, s.key)
+
+
+def _share(
+    order: Sequence[SessionInput], free: Sequence[int], min_t: int, parked: Iterable[SessionKey] = ()
+) -> dict[SessionKey, int]:
+    """First-fit admission in `order` at min_t tenths on every phase used, then water-filling of the admitted
+    sessions that are not parked, by priority tier. In tenths of an ampere. Pure."""
+    parked = set(parked)
+    left = list(free)
+    t: dict[SessionKey, int] = {s.key: 0 for s in order}
+    caps = {s.key: tenths(s.max_current) for s in order}
+    admitted: list[SessionInput] = []
+    for s in order:
+        if caps[s.key] < min_t or caps[s.key] == 0:
+            continue  # cannot charge at all
+        ph = used_phases(s)
+        if all(left[p] >= min_t for p in ph):
+            admitted.append(s)
+            t[s.key] = min_t
+            for p in ph:
+                left[p] -= min_t
+    for tier in sorted({s.priority for s in admitted if s.key not in parked}, reverse=True):
+        _fill([s for s in admitted if s.priority == tier and s.key not in parked], t, left, caps)
+    return t
+
+
+def _fill(
+    group: list[SessionInput], t: dict[SessionKey, int], left: list[int], caps: Mapping[SessionKey, int]
+) -> None:
+    """Raise the group's limits evenly (progressive filling: max-min fair over the phases) until every session is at
+    its cap or a phase it uses has nothing left. Equal steps for all while every phase allows them, then single
+    tenths to the lowest first (ties: the group's order), so the split differs by at most 0.1 A."""
+    phases = {s.key: used_phases(s) for s in group}
+    while True:
+        open_ = [s for s in group if t[s.key] < caps[s.key] and all(left[p] > 0 for p in phases[s.key])]
+        if not open_:
+            return
+        on = [0, 0, 0]
+        for s in open_:
+            for p in phases[s.key]:
+                on[p] += 1
+        chunk = min(
+            min(caps[s.key] - t[s.key] for s in open_), min(left[p] // on[p] for p in ALL_PHASES if on[p])
+        )
+        if chunk >= 1:
+            for s in open_:
+                t[s.key] += chunk
+                for p in phases[s.key]:
+                    left[p] -= chunk
+            continue
+        gave = False
+        for s in sorted(open_, key=lambda s: t[s.key]):  # stable: ties keep the group's order
+            if all(left[p] >= 1 for p in phases[s.key]):
+                t[s.key] += 1
+                for p in phases[s.key]:
+                    left[p] -= 1
+                gave = True
+        if not gave:
+            return
+
+
+def share(
+    sessions: list[SessionInput], available: float | Sequence[float], min_current: float
+) -> dict[SessionKey, float]:
+    """Fair share with priorities in 0.1 A steps, each session in order of priority then start time. `available`:
+    A per site phase (one number: the same on all three). Pure."""
+    avail = [available] * 3 if isinstance(available, int | float) else list(available)
+    order = sorted(sessions, key=lambda s: (-s.priority, s.started_at, s.key))
+    t = _share(order, [tenths(a) for a in avail], _tenths_up(min_current))
+    return {k: v / TENTHS_PER_A for k, v in t.items()}
 
 
 class Allocator:
@@ -124,9 +308,16 @@ class Allocator:
         self._unknown: dict[SessionKey, _Sent] = {}
         self._over_since: dict[SessionKey, float] = {}
         self._flagged: set[SessionKey] = set()
-        self._other_seen: deque[tuple[float, float]] = deque()  # (time, filtered building-load estimate)
-        self._raw: deque[float] = deque(maxlen=3)  # raw estimates of the last grid samples
+        self._other_seen: deque[tuple[float, Phases]] = deque()  # (time, filtered building-load estimate)
+        self._raw: deque[Phases] = deque(maxlen=3)  # grid - EV draw of the last grid samples (may be < 0)
         self._last_sample: float | None = None
+        self._mismatch_since: float | None = None
+        # the line: admission order within a priority tier (start time; when last rotated out or parked)
+        self._turn: dict[SessionKey, float] = {}
+        self._admitted_since: dict[SessionKey, float] = {}  # got a limit > 0 then (this stint)
+        self._waiting_since: dict[SessionKey, float] = {}  # queued at 0 A for lack of current since then
+        self._idle_since: dict[SessionKey, float] = {}  # allowed to charge but drawing <= idle_current since
+        self._parked: set[SessionKey] = set()  # yielded its place while idle: admitted after everyone else
 
     def set_site_limit(self, amps: float) -> None:
         if not math.isfinite(amps) or amps < 0:
@@ -166,6 +357,17 @@ class Allocator:
         self._unknown.pop(key, None)
         self._over_since.pop(key, None)
         self._flagged.discard(key)
+        self._turn.pop(key, None)
+        self._admitted_since.pop(key, None)
+        self._waiting_since.pop(key, None)
+        self._idle_since.pop(key, None)
+        self._parked.discard(key)
+
+    def parked(self, key: SessionKey) -> bool:
+        return key in self._parked
+
+    def waiting_since(self, key: SessionKey) -> float | None:
+        return self._waiting_since.get(key)
 
     def lease_running(self, key: SessionKey, now: float) -> bool:
         """The session's last confirmed TxProfile is surely still in force on the charger."""
@@ -197,78 +399,319 @@ class Allocator:
     def allocate(
         self,
         sessions: Iterable[SessionInput],
-        grid: tuple[float, float, float] | None,
+        grid: Sequence[float] | None,
         now: float,
         grid_time: float | None = None,
     ) -> Allocation:
-        """`grid_time`: when the grid reading was sampled; rounds that reuse the same sample add no new evidence
-        to the building-load filter (None: every call is a new sample)."""
+        """`grid`: current per site phase (L1, L2, L3). `grid_time`: when the grid reading was sampled; rounds that
+        reuse the same sample add no new evidence to the building-load filter (None: every call is a new sample)."""
         p = self.params
         sessions = list(sessions)
+        for s in sessions:
+            self._turn.setdefault(s.key, s.started_at)
         # A metered session whose meter has not answered (yet) makes the building-load estimate meaningless: its
         # draw would count in the grid reading but not be subtracted. Treat that like a stale grid meter.
         blind = any(s.metered and s.measured is None for s in sessions)
+        other: Phases | None = None
+        mismatch: tuple[int, ...] = ()
         if grid is None or blind:
             self._other_seen.clear()  # estimates from before the meter went stale are not evidence later
             self._raw.clear()
             self._last_sample = None
-            mode = "fallback"
-            other: float | None = None
-            available = p.site_limit - p.building_reserve - p.margin
+            self._mismatch_since = None
         else:
-            mode = "measured"
-            ev_draw = sum(self._draw(s) for s in sessions)
-            # every session is assumed to load all three phases equally: subtract from each phase
-            raw = max(0.0, max(g - ev_draw for g in grid))
-            other = self._building_load(raw, max(grid), now, grid_time)
-            available = p.site_limit - p.margin - other
-        available = max(0.0, available)
+            draw = self._site_draw(sessions)
+            g = (float(grid[0]), float(grid[1]), float(grid[2]))
+            signed = (g[0] - draw[0], g[1] - draw[1], g[2] - draw[2])
+            median = self._sample(signed, grid_time)
+            mismatch = self._check_mismatch(median, now)
+            if mismatch:
+                self._other_seen.clear()
+            else:
+                other = self._building_load(median, signed, g, now)
+        mode = "fallback" if other is None else "measured"
+        if other is None:
+            static = max(0.0, p.site_limit - p.building_reserve - p.margin)
+            available: Phases = (static, static, static)
+        else:
+            a = [max(0.0, p.site_limit - p.margin - o) for o in other]
+            available = (a[0], a[1], a[2])
         for key in [k for k, u in self._unknown.items() if self._lease_force(u, now) is None]:
             del self._unknown[key]  # its lease is over either way
         # Nothing can be sent to an unreachable charger: what is in force there comes off the top.
         held = {s.key: self.in_force(s.key, now) for s in sessions if not s.reachable}
-        free = max(0.0, available - sum(held.values()))
-        reachable = [s for s in sessions if s.reachable]
-        targets = share(reachable, free, p.min_current)
-        stuck = [s for s in reachable if s.key in self._refused]
+        unreachable = [s for s in sessions if not s.reachable]
+        free = _minus(available, unreachable, held)
+        pool = [s for s in sessions if s.reachable]
+        stuck = [s for s in pool if s.key in self._refused]
+        self._track_idle(pool, now)
+        min_t = _tenths_up(p.min_current)
+        rotations: list[Rotation] = []
+        yielded: list[SessionKey] = []
+        # Its last decrease failed: nothing is rotated or yielded until it lands (no increase may go out anyway).
+        shares = self._share_pool(pool, [tenths(f) for f in free], min_t, now, not stuck, rotations, yielded)
+        targets = {k: v / TENTHS_PER_A for k, v in shares.items()}
         if stuck:
-            # Its last decrease failed, so its old limit may still be in force: it is asked for its share again,
-            # and the others get what is left if it keeps the old limit (or takes its share, when that is higher).
+            # Its old limit may still be in force: it is asked for its share again, and the others get what is
+            # left if it keeps the old limit (or takes its share, when that is higher).
             for s in stuck:
                 held[s.key] = max(targets[s.key], self.in_force(s.key, now))
-            others = [s for s in reachable if s.key not in self._refused]
-            stuck_total = sum(held[s.key] for s in stuck)
-            targets.update(share(others, max(0.0, free - stuck_total), p.min_current))
-        for s in sessions:
-            if not s.reachable:
-                targets[s.key] = held[s.key]
-        changes = self._changes(reachable, targets, now)
+            others = [s for s in pool if s.key not in self._refused]
+            rest = _minus(free, stuck, held)
+            again = _share(self._ordered(others), [tenths(f) for f in rest], min_t, self._parked)
+            targets.update({k: v / TENTHS_PER_A for k, v in again.items()})
+        for s in unreachable:
+            targets[s.key] = held[s.key]
+        self._keep_small_decreases(sessions, targets, held, available, now)
+        changes = self._changes(pool, targets, now)
         overdraws = self._overdraws(sessions, now)
-        return Allocation(mode, available, other, targets, changes, overdraws, held)
+        waiting = self._note_admission([s for s in pool if s.key not in self._refused], targets, min_t, now)
+        return Allocation(
+            mode,
+            min(available),
+            None if other is None else max(other),
+            targets,
+            changes,
+            overdraws,
+            held,
+            available_phases=available,
+            other_phases=other,
+            waiting=waiting,
+            rotations=rotations,
+            yielded=yielded,
+            mismatch=mismatch,
+        )
 
-    def _building_load(self, raw: float, grid_max: float, now: float, sample: float | None) -> float:
-        """Filter the raw building-load estimate. Meters on a bus are read one after the other, so when an EV
-        changes its draw the grid and its own meter disagree for one sample, in either direction:
-        - median of the last three grid samples: a one-sample glitch changes nothing (no oscillation);
-        - then the highest over `other_load_hold` s: releasing current needs a lower estimate that lasts;
-        - but when the grid itself shows the site over its limit the raw estimate counts at once (safety)."""
-        p = self.params
+    # ---- measurement ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def _site_draw(sessions: list[SessionInput]) -> list[float]:
+        total = [0.0, 0.0, 0.0]
+        seen: set[str] = set()
+        for s in sorted(sessions, key=lambda s: s.key):
+            if s.meter is not None:
+                if s.meter in seen:
+                    continue  # connectors sharing a whole-charger meter: its draw counts once
+                seen.add(s.meter)
+            for i, amps in enumerate(site_draw(s)):
+                total[i] += amps
+        return total
+
+    def _sample(self, signed: Phases, sample: float | None) -> Phases:
+        """Record a new grid sample's raw estimate; return the per-phase median of the last three (fewer: the
+        highest). A one-sample glitch between meters read at different moments changes nothing."""
         if sample is None or sample != self._last_sample:
-            self._raw.append(raw)
+            self._raw.append(signed)
             self._last_sample = sample
-        vals = sorted(self._raw)
-        median = vals[len(vals) // 2] if len(vals) == 3 else vals[-1]
-        self._other_seen.append((now, median))
+        out = []
+        for ph in ALL_PHASES:
+            vals = sorted(r[ph] for r in self._raw)
+            out.append(vals[len(vals) // 2] if len(vals) == 3 else vals[-1])
+        return (out[0], out[1], out[2])
+
+    def _check_mismatch(self, median: Phases, now: float) -> tuple[int, ...]:
+        bad = tuple(ph for ph in ALL_PHASES if median[ph] < -PHASE_MISMATCH_A)
+        if not bad:
+            self._mismatch_since = None
+            return ()
+        if self._mismatch_since is None:
+            self._mismatch_since = now
+        return bad if now - self._mismatch_since >= PHASE_MISMATCH_S else ()
+
+    def _building_load(self, median: Phases, raw: Phases, grid: Phases, now: float) -> Phases:
+        """Filter the building-load estimate, per phase: the median of the last three samples (above), then the
+        highest over `other_load_hold` s (releasing current needs a lower estimate that lasts); but on a phase where
+        the grid itself shows the site over its limit the raw estimate counts at once (safety)."""
+        p = self.params
+        est = (max(0.0, median[0]), max(0.0, median[1]), max(0.0, median[2]))
+        self._other_seen.append((now, est))
         while self._other_seen and now - self._other_seen[0][0] > p.other_load_hold:
             self._other_seen.popleft()
-        held = max(v for _, v in self._other_seen)
-        return max(held, raw) if grid_max > p.site_limit else held
+        out = []
+        for ph in ALL_PHASES:
+            held = max(v[ph] for _, v in self._other_seen)
+            out.append(max(held, max(0.0, raw[ph])) if grid[ph] > p.site_limit else held)
+        return (out[0], out[1], out[2])
 
-    def _draw(self, s: SessionInput) -> float:
-        # Unmetered: count nothing. The building load is then overestimated, which is safe (the EV may draw up to
-        # its limit at any moment); assuming it draws its limit would be stable but could overshoot the site limit
-        # by whatever the EV leaves unused. Meter the chargers (or feed their reported current) to get the full share.
-        return s.measured if s.measured is not None else 0.0
+    # ---- sharing, the line, rotation -------------------------------------------------------------------------------
+    def _ordered(
+        self,
+        sessions: list[SessionInput],
+        parked: set[SessionKey] | None = None,
+        turn: Mapping[SessionKey, float] | None = None,
+    ) -> list[SessionInput]:
+        pk = self._parked if parked is None else parked
+        tn = self._turn if turn is None else turn
+        return sorted(sessions, key=lambda s: _order_key(s, pk, tn))
+
+    def _track_idle(self, pool: list[SessionInput], now: float) -> None:
+        p = self.params
+        for s in pool:
+            amps = peak(s)
+            if amps is not None and amps > p.idle_current:
+                self._idle_since.pop(s.key, None)
+                self._parked.discard(s.key)  # it draws: it wants its place back
+            elif amps is not None and self.in_force(s.key, now) >= p.min_current - _EPS:
+                self._idle_since.setdefault(s.key, now)
+            else:
+                self._idle_since.pop(s.key, None)  # not allowed to charge (or not metered): cannot tell
+
+    def _share_pool(
+        self,
+        pool: list[SessionInput],
+        free: list[int],
+        min_t: int,
+        now: float,
+        rotate: bool,
+        rotations: list[Rotation],
+        yielded: list[SessionKey],
+    ) -> dict[SessionKey, int]:
+        p = self.params
+        t = _share(self._ordered(pool), free, min_t, self._parked)
+        if not rotate:
+            return t
+
+        def waiting(t: Mapping[SessionKey, int]) -> list[SessionInput]:
+            eligible = [s for s in pool if t[s.key] == 0 and tenths(s.max_current) >= max(min_t, 1)]
+            return self._ordered(eligible)
+
+        queued = waiting(t)
+        if not queued:
+            return t
+        if p.idle_yield > 0 and any(s.key not in self._parked for s in queued):
+            for s in pool:
+                since = self._idle_since.get(s.key)
+                if (
+                    t[s.key] > 0
+                    and s.key not in self._parked
+                    and since is not None
+                    and now - since >= p.idle_yield
+                ):
+                    self._parked.add(s.key)
+                    self._turn[s.key] = now
+                    yielded.append(s.key)
+            if yielded:
+                t = _share(self._ordered(pool), free, min_t, self._parked)
+        if p.rotation_interval <= 0:
+            return t
+        for w in waiting(t):
+            if t[w.key] > 0 or now - self._waiting_since.get(w.key, now) < p.rotation_interval - _EPS:
+                continue
+            candidates = [
+                c
+                for c in pool
+                if t[c.key] > 0
+                and c.priority == w.priority
+                and c.key not in self._parked
+                and now - self._admitted_since.get(c.key, now) >= p.rotation_interval - _EPS
+                and set(c.phases) & set(w.phases)
+            ]
+            candidates.sort(
+                key=lambda c: (self._admitted_since[c.key], _order_key(c, self._parked, self._turn))
+            )
+            swap = self._try_swap(pool, free, min_t, t, w, candidates, now)
+            if swap is not None:
+                t, paused = swap
+                rotations.append(Rotation(w.key, tuple(c.key for c in paused)))
+        return t
+
+    def _try_swap(
+        self,
+        pool: list[SessionInput],
+        free: list[int],
+        min_t: int,
+        t: Mapping[SessionKey, int],
+        w: SessionInput,
+        candidates: list[SessionInput],
+        now: float,
+    ) -> tuple[dict[SessionKey, int], list[SessionInput]] | None:
+        """Pause as few of `candidates` (longest charging first) as let `w` in without pausing anyone else."""
+
+        def trial(out: list[SessionInput]) -> dict[SessionKey, int]:
+            parked = self._parked - {w.key}
+            turn = dict(self._turn)
+            for c in out:
+                turn[c.key] = now
+            return _share(self._ordered(pool, parked, turn), free, min_t, parked)
+
+        def ok(t2: Mapping[SessionKey, int], out: list[SessionInput]) -> bool:
+            paused = {c.key for c in out}
+            return t2[w.key] > 0 and not any(
+                t[s.key] > 0 and t2[s.key] == 0 and s.key not in paused for s in pool
+            )
+
+        chosen: list[SessionInput] = []
+        found: dict[SessionKey, int] | None = None
+        for c in candidates:
+            chosen.append(c)
+            t2 = trial(chosen)
+            if ok(t2, chosen):
+                found = t2
+                break
+        if found is None:
+            return None
+        for c in list(chosen):  # the ones that were not needed keep charging
+            rest = [x for x in chosen if x is not c]
+            if rest:
+                t3 = trial(rest)
+                if ok(t3, rest):
+                    chosen, found = rest, t3
+        for c in chosen:
+            self._turn[c.key] = now
+        self._parked.discard(w.key)
+        self._idle_since.pop(w.key, None)
+        return found, chosen
+
+    def _note_admission(
+        self, pool: list[SessionInput], targets: Mapping[SessionKey, float], min_t: int, now: float
+    ) -> list[SessionKey]:
+        waiting = []
+        for s in pool:
+            if targets[s.key] > 0:
+                self._admitted_since.setdefault(s.key, now)
+                self._waiting_since.pop(s.key, None)
+            elif tenths(s.max_current) >= max(min_t, 1):
+                self._waiting_since.setdefault(s.key, now)
+                self._admitted_since.pop(s.key, None)
+                waiting.append(s.key)
+            else:
+                self._admitted_since.pop(s.key, None)
+                self._waiting_since.pop(s.key, None)
+        return waiting
+
+    # ---- what goes out -------------------------------------------------------------------------------------------
+    def _keep_small_decreases(
+        self,
+        sessions: list[SessionInput],
+        targets: dict[SessionKey, float],
+        held: Mapping[SessionKey, float],
+        available: Phases,
+        now: float,
+    ) -> None:
+        """A decrease smaller than the hysteresis is not sent while the limits in force still fit on every phase
+        (0.1 A steps would otherwise send one whenever the building-load estimate rises a little)."""
+        p = self.params
+        usage = [0.0, 0.0, 0.0]
+        for s in sessions:
+            for ph in used_phases(s):
+                usage[ph] += held.get(s.key, targets[s.key])
+        for s in self._ordered(sessions):
+            if (
+                not s.reachable
+                or s.key in held
+                or s.key in self._unknown
+                or not self.lease_running(s.key, now)
+            ):
+                continue
+            sent = self._sent[s.key].limit
+            target = targets[s.key]
+            extra = sent - target
+            if target <= 0 or extra <= _EPS or extra >= p.hysteresis - _EPS or sent > s.max_current:
+                continue
+            wired = used_phases(s)
+            if all(usage[i] + extra <= available[i] + _EPS for i in wired):
+                targets[s.key] = sent
+                for i in wired:
+                    usage[i] += extra
 
     def _changes(
         self, sessions: list[SessionInput], targets: Mapping[SessionKey, float], now: float
@@ -290,7 +733,7 @@ class Allocator:
                 decreases.append(Decision(s.key, s.transaction_id, target, sent.limit, force))
             elif target > sent.limit:
                 from_zero = sent.limit == 0  # resuming a queued session is always worth a message
-                big_enough = target - sent.limit >= p.hysteresis or from_zero
+                big_enough = target - sent.limit >= p.hysteresis - _EPS or from_zero
                 if big_enough and now - sent.at >= p.min_change_interval:
                     increases.append(Decision(s.key, s.transaction_id, target, sent.limit, force))
         return decreases + increases
@@ -298,63 +741,38 @@ class Allocator:
     def _overdraws(self, sessions: list[SessionInput], now: float) -> list[Overdraw]:
         p = self.params
         out: list[Overdraw] = []
+        sharing: dict[str, list[SessionKey]] = {}
         for s in sessions:
+            if s.meter is not None:
+                sharing.setdefault(s.meter, []).append(s.key)
+        for s in sessions:
+            amps = peak(s)
             sent = self._sent.get(s.key)
-            if s.measured is None or sent is None:
+            if amps is None or sent is None:
                 self._over_since.pop(s.key, None)
                 continue
             # grace counts from when the overdraw began or the limit was last lowered (confirm() resets it);
-            # compared with what is in force (after a lease ran out: the fallback current)
-            limit = self.in_force(s.key, now)
-            if s.measured > limit + p.overdraw_tolerance:
+            # compared with what is in force (after a lease ran out: the fallback current); a meter shared by
+            # several connectors is compared with their limits together
+            keys = sharing.get(s.meter, [s.key]) if s.meter is not None else [s.key]
+            limit = sum(self.in_force(k, now) for k in keys)
+            if amps > limit + p.overdraw_tolerance:
                 since = self._over_since.setdefault(s.key, now)
                 if now - since >= p.overdraw_grace and s.key not in self._flagged:
                     self._flagged.add(s.key)
-                    out.append(Overdraw(s.key, s.transaction_id, limit, s.measured))
+                    out.append(Overdraw(s.key, s.transaction_id, limit, amps))
             else:
                 self._over_since.pop(s.key, None)
                 self._flagged.discard(s.key)
         return out
 
 
-def share(sessions: list[SessionInput], available: float, min_current: float) -> dict[SessionKey, float]:
-    """Fair share with priorities, whole amps (OCPP limits go out as multiples of 0.1 A; whole amps are what most
-    chargers resolve). Pure."""
-    order = sorted(sessions, key=lambda s: (-s.priority, s.started_at, s.key))
-    targets: dict[SessionKey, float] = {s.key: 0.0 for s in sessions}
-    admitted: list[SessionInput] = []
-    budget = math.floor(available + 1e-9)
-    for s in order:
-        need = max(min_current, 0.0)
-        if s.max_current < min_current:
-            continue  # cannot charge at all
-        if budget - need * (len(admitted) + 1) >= -1e-9:
-            admitted.append(s)
-    if not admitted:
-        return targets
-    for s in admitted:
-        targets[s.key] = float(min_current)
-    rest = budget - min_current * len(admitted)
-    tiers = sorted({s.priority for s in admitted}, reverse=True)
-    for tier in tiers:
-        group = [s for s in admitted if s.priority == tier]
-        rest = _water_fill(group, targets, rest)
-        if rest <= 0:
-            break
-    return {k: float(math.floor(v + 1e-9)) for k, v in targets.items()}
-
-
-def _water_fill(group: list[SessionInput], targets: dict[SessionKey, float], rest: float) -> float:
-    """Raise the group's targets evenly (1 A steps) until the rest is used or every session is at its cap."""
-    while rest >= 1:
-        open_ = [s for s in group if targets[s.key] + 1 <= s.max_current]
-        if not open_:
-            break
-        # give 1 A to the lowest first (ties: the earlier session), so the split differs by at most 1 A
-        open_.sort(key=lambda s: (targets[s.key], s.started_at, s.key))
-        for s in open_:
-            if rest < 1:
-                break
-            targets[s.key] += 1
-            rest -= 1
-    return rest
+def _minus(
+    avail: Sequence[float], sessions: list[SessionInput], amps: Mapping[SessionKey, float]
+) -> list[float]:
+    """`avail` per phase less `amps` of each session on each phase it is wired to (never below 0)."""
+    out = list(avail)
+    for s in sessions:
+        for ph in used_phases(s):
+            out[ph] -= amps[s.key]
+    return [max(0.0, v) for v in out]

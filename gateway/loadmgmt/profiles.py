@@ -13,19 +13,31 @@ TX_PROFILE_ID_BASE = 100
 
 
 def ocpp_limit(amps: float) -> float:
-    """Whole amps, as a float: the schema asks for a multiple of 0.1 and JSON-schema float checks of e.g. 6.3 fail
-    on binary rounding, so we send 6.0, 7.0, ..."""
+    """Rounded down to a multiple of 0.1 A (OCPP 1.6: one fractional digit), as the float whose shortest repr has
+    one decimal (6.3 goes out as `6.3`; schema checks compare it as a decimal, see gateway/ocpp/framing.py)."""
     if not math.isfinite(amps) or amps < 0:
         raise ValueError("limit must be finite and >= 0")
-    return float(math.floor(amps + 1e-9))
+    return math.floor(amps * 10 + 1e-9) / 10
+
+
+def _period(amps: float, number_phases: int | None) -> dict[str, Any]:
+    period: dict[str, Any] = {"startPeriod": 0, "limit": ocpp_limit(amps)}
+    if number_phases is not None:
+        if number_phases not in (1, 2, 3):
+            raise ValueError("numberPhases must be 1..3")
+        period["numberPhases"] = number_phases
+    return period
 
 
 def iso_utc(wall: float) -> str:
     return datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def tx_default_profile(amps: float, connector_id: int = 0) -> dict[str, Any]:
-    """Charger-wide fail-safe: applies to every transaction that has no TxProfile (or whose TxProfile expired)."""
+def tx_default_profile(
+    amps: float, connector_id: int = 0, number_phases: int | None = None
+) -> dict[str, Any]:
+    """Charger-wide fail-safe: applies to every transaction that has no TxProfile (or whose TxProfile expired).
+    `number_phases`: stated for single-phase chargers (1); None leaves the OCPP default (3)."""
     return {
         "connectorId": connector_id,
         "csChargingProfiles": {
@@ -35,14 +47,19 @@ def tx_default_profile(amps: float, connector_id: int = 0) -> dict[str, Any]:
             "chargingProfileKind": "Relative",
             "chargingSchedule": {
                 "chargingRateUnit": "A",
-                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": ocpp_limit(amps)}],
+                "chargingSchedulePeriod": [_period(amps, number_phases)],
             },
         },
     }
 
 
 def tx_profile(
-    connector_id: int, transaction_id: int, amps: float, wall_now: float, lease: int
+    connector_id: int,
+    transaction_id: int,
+    amps: float,
+    wall_now: float,
+    lease: int,
+    number_phases: int | None = None,
 ) -> dict[str, Any]:
     """The session's current limit as a lease: an Absolute schedule starting now that lasts `lease` seconds. The
     gateway renews it well before it ends; if the gateway dies, the schedule runs out and the charger falls back to
@@ -59,7 +76,7 @@ def tx_profile(
                 "duration": int(lease),
                 "startSchedule": iso_utc(wall_now),
                 "chargingRateUnit": "A",
-                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": ocpp_limit(amps)}],
+                "chargingSchedulePeriod": [_period(amps, number_phases)],
             },
         },
     }

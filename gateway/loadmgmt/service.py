@@ -4,7 +4,8 @@ Inputs: grid and charger meter readings (a MeterSource, e.g. the MeterHub), tran
 on_transaction_started/stopped, charger boots through on_charger_booted, the site limit through set_site_limit.
 Output: SetChargingProfile calls through ChargerCommands, only to chargers that are connected (a charger that is not
 keeps the limit in force on it until its lease runs out; the Allocator counts that). All decisions are the
-Allocator's.
+Allocator's; this module maps each connector onto the site phases ([load] phases / phase_rotation) and hands the
+allocator per-phase readings.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from typing import Any, Literal, Protocol
 
 from gateway.commands import ChargerCommands
 from gateway.config import ChargerSection
-from gateway.errors import ChargegateError
+from gateway.errors import ChargegateError, ConfigError
 from gateway.loadmgmt.allocator import (
+    ALL_PHASES,
     Allocation,
     Allocator,
     AllocatorParams,
@@ -30,7 +32,7 @@ from gateway.loadmgmt.allocator import (
     SessionInput,
     SessionKey,
 )
-from gateway.loadmgmt.config import LoadSection
+from gateway.loadmgmt.config import SITE_PHASES, LoadSection, Wiring, phase_names
 from gateway.loadmgmt.profiles import tx_default_profile, tx_profile
 from gateway.meters.hub import MeterHub
 from gateway.meters.reading import MeterReading
@@ -41,6 +43,9 @@ Phases = tuple[float, float, float]
 
 # A current the charger itself reported (MeterValues Current.Import) counts for this long.
 REPORTED_CURRENT_TTL = 30.0
+# An inconsistent phase accounting (allocator.PHASE_MISMATCH_A) is warned about at most this often per phase: it is
+# a wiring/config fault that persists, and rounds run on every meter reading.
+MISMATCH_LOG_INTERVAL_S = 600.0
 
 # Outcomes of one SetChargingProfile: the charger accepted it; it answered that it did not apply it; or no answer
 # came (timeout, connection lost, ...), so it may or may not have applied it.
@@ -56,14 +61,19 @@ class MeterSource(Protocol):
         or it is stale."""
         ...
 
-    def session_current(self, charger_id: str, connector_id: int, at: float | None = None) -> float | None:
-        """Fresh max-phase current of this connector's (or charger's) meter, as sampled closest to monotonic time
-        `at` (the latest taken no later than the grid sample, so both describe the same moment); None when
-        unmetered or stale."""
+    def session_current(self, charger_id: str, connector_id: int, at: float | None = None) -> Phases | None:
+        """Fresh per-phase current of this connector's (or charger's) meter, in the meter's L1..L3 order (= the
+        charger's own phase order: the meter sits in its supply), as sampled closest to monotonic time `at` (the
+        latest taken no later than the grid sample, so both describe the same moment); None when unmetered or
+        stale. A single-phase meter reports on L1."""
         ...
 
     def has_meter(self, charger_id: str, connector_id: int) -> bool:
         """Whether a meter is configured for this connector (or its whole charger)."""
+        ...
+
+    def meter_id(self, charger_id: str, connector_id: int) -> str | None:
+        """Which meter that is (connectors sharing a whole-charger meter must count its draw once)."""
         ...
 
 
@@ -76,13 +86,13 @@ class HubMeterSource:
 
     def __init__(self, hub: MeterHub) -> None:
         self.hub = hub
-        self._history: dict[str, deque[tuple[float, float]]] = {}
+        self._history: dict[str, deque[tuple[float, Phases]]] = {}
         hub.subscribe(self._on_reading)
 
     def _on_reading(self, r: MeterReading) -> None:
         pc = r.phase_currents()
         if pc is not None:
-            self._history.setdefault(r.meter_id, deque(maxlen=_HISTORY)).append((r.monotonic, max(pc)))
+            self._history.setdefault(r.meter_id, deque(maxlen=_HISTORY)).append((r.monotonic, pc))
 
     def grid(self) -> tuple[Phases, float] | None:
         mid = self.hub.grid_meter_id()
@@ -95,7 +105,10 @@ class HubMeterSource:
     def has_meter(self, charger_id: str, connector_id: int) -> bool:
         return self.hub.charger_meter_id(charger_id, connector_id) is not None
 
-    def session_current(self, charger_id: str, connector_id: int, at: float | None = None) -> float | None:
+    def meter_id(self, charger_id: str, connector_id: int) -> str | None:
+        return self.hub.charger_meter_id(charger_id, connector_id)
+
+    def session_current(self, charger_id: str, connector_id: int, at: float | None = None) -> Phases | None:
         mid = self.hub.charger_meter_id(charger_id, connector_id)
         if mid is None or self.hub.fresh(mid) is None:
             return None
@@ -131,6 +144,9 @@ class LoadManager:
     ) -> None:
         self.cfg = cfg
         self.chargers = {c.id: c for c in chargers}
+        problem = cfg.check_wiring(self.chargers.values())
+        if problem is not None:  # gateway.loadmgmt.config.check_load reports it with the file name
+            raise ConfigError("site config", problem[0], problem[1])
         self.commands = commands
         self.meters = meters
         self.clock = clock
@@ -149,10 +165,15 @@ class LoadManager:
                 other_load_hold=cfg.building_load_hold_s,
                 lease=float(cfg.profile_lease_s),
                 fallback_current=cfg.safe_current_a,
+                rotation_interval=cfg.rotation_interval_s,
+                idle_current=cfg.idle_current_a,
+                idle_yield=cfg.idle_yield_s,
             )
         )
         self.sessions: dict[SessionKey, _Session] = {}
-        self._reported: dict[SessionKey, tuple[float, float]] = {}  # key -> (amps, monotonic)
+        # key -> (amps, monotonic): the highest phase's current, or per charger phase
+        self._reported: dict[SessionKey, tuple[float | tuple[float, ...], float]] = {}
+        self._mismatch_logged: dict[int, float] = {}  # site phase -> when last warned about
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.last: Allocation | None = None
@@ -160,17 +181,43 @@ class LoadManager:
         self.sends = 0
         self._unreachable: set[str] = set()  # chargers with a session found not connected (logged once)
         self._failing: set[str] = set()  # chargers whose last SetChargingProfile failed (logged once)
-        worst = len(self.chargers) * cfg.safe_current_a + cfg.building_reserve_a
-        if worst > cfg.site_limit_a:
-            log.warning(
-                "load: %d chargers x safe_current_a %.0f A + building_reserve_a %.0f A = %.0f A exceeds the site "
-                "limit %.0f A: the fail-safe (gateway down) cannot guarantee the limit",
-                len(self.chargers),
-                cfg.safe_current_a,
-                cfg.building_reserve_a,
-                worst,
-                cfg.site_limit_a,
-            )
+        # Fail-safe: with the gateway gone every connector may draw safe_current_a on each phase it is wired to.
+        on_phase = [0, 0, 0]
+        for c in self.chargers.values():
+            for conn in range(1, c.connectors + 1):
+                for ph in set(self.wiring(c.id, conn)):
+                    on_phase[ph] += 1
+        for ph in ALL_PHASES:
+            worst = on_phase[ph] * cfg.safe_current_a + cfg.building_reserve_a
+            if worst > cfg.site_limit_a:
+                log.warning(
+                    "load: %s: %d connectors x safe_current_a %.1f A + building_reserve_a %.1f A = %.1f A exceeds "
+                    "the site limit %.1f A: the fail-safe (gateway down) cannot guarantee the limit",
+                    SITE_PHASES[ph],
+                    on_phase[ph],
+                    cfg.safe_current_a,
+                    cfg.building_reserve_a,
+                    worst,
+                    cfg.site_limit_a,
+                )
+
+        if meters is not None:
+            for c in self.chargers.values():
+                for conn in range(1, c.connectors + 1):
+                    if meters.has_meter(c.id, conn) and len(self.cfg.meter_mappings(c, c.id, conn)) > 1:
+                        log.info(
+                            "load: %s/%d is wired %s and its meter's phase order is not configured: of an uneven "
+                            "draw (single-phase EV) only what both possible orders agree on is credited; set "
+                            '[load] meter_phase_order = { %s = "charger" } (or "site") for the full share',
+                            c.id,
+                            conn,
+                            phase_names(self.wiring(c.id, conn)),
+                            c.id,
+                        )
+
+    def wiring(self, charger_id: str, connector_id: int) -> Wiring:
+        """The site phase of each of this connector's phases."""
+        return self.cfg.wiring(self.chargers.get(charger_id), charger_id, connector_id)
 
     # ---- hooks (called by the OCPP server / composition root) ------------------------------------------------
     # The hooks are coroutines so they fit gateway.csms.CsmsHooks (run as tasks after the answer is on the wire).
@@ -197,8 +244,10 @@ class LoadManager:
             self._reported.pop(key, None)
             self._wake.set()
 
-    def on_charger_current(self, charger_id: str, connector_id: int, amps: float) -> None:
-        """Max-phase current the charger reported itself (MeterValues Current.Import); used when unmetered."""
+    def on_charger_current(self, charger_id: str, connector_id: int, amps: float | tuple[float, ...]) -> None:
+        """Current the charger reported itself (MeterValues Current.Import); used when unmetered. A number is the
+        highest phase's: on a three-phase charger it is counted on the charger's L1 only (where a single-phase EV
+        draws; counting it on all three could release current that is not free). A tuple: per charger phase."""
         self._reported[(charger_id, connector_id)] = (amps, self.clock())
 
     def on_meter_reading(self, _reading: object = None) -> None:
@@ -245,11 +294,19 @@ class LoadManager:
             cid, conn = s.key
             charger = self.chargers.get(cid)
             metered = self.meters is not None and self.meters.has_meter(cid, conn)
-            measured = self.meters.session_current(cid, conn, at) if self.meters is not None else None
+            measured: tuple[float, ...] | None = None
+            meter = None
+            mappings = None
+            if self.meters is not None:
+                measured = self.meters.session_current(cid, conn, at)
+                meter = self.meters.meter_id(cid, conn)
+                mappings = self.cfg.meter_mappings(charger, cid, conn)
             if measured is None and not metered and s.key in self._reported:
                 amps, reported_at = self._reported[s.key]
                 if now - reported_at <= REPORTED_CURRENT_TTL:
-                    measured = amps
+                    # the charger's own measurement: in its own phase order
+                    measured = (float(amps), 0.0, 0.0) if isinstance(amps, int | float) else amps
+                    mappings = None
             out.append(
                 SessionInput(
                     key=s.key,
@@ -260,6 +317,9 @@ class LoadManager:
                     measured=measured,
                     metered=metered,
                     reachable=cid in online,
+                    phases=self.wiring(cid, conn),
+                    meter=meter,
+                    meter_phases=mappings,
                 )
             )
         return out
@@ -283,9 +343,10 @@ class LoadManager:
         grid, at = (None, None) if sample is None else sample
         alloc = self.allocator.allocate(self._inputs(at, online), grid, self.clock(), at)
         self.last = alloc
+        self._log_round(alloc)
         for o in alloc.overdraws:
             log.warning(
-                "load: charger %s connector %d draws %.1f A over its %.0f A limit",
+                "load: charger %s connector %d draws %.1f A over its %.1f A limit",
                 o.key[0],
                 o.key[1],
                 o.measured,
@@ -327,10 +388,40 @@ class LoadManager:
         await asyncio.gather(*(self._apply(d) for d in renew))
         return alloc
 
+    def _log_round(self, alloc: Allocation) -> None:
+        for r in alloc.rotations:
+            log.info(
+                "load: rotation: %s pauses, %s charges (it has waited at least %.0f s)",
+                ", ".join(_name(k) for k in r.paused),
+                _name(r.resumed),
+                self.cfg.rotation_interval_s,
+            )
+        for k in alloc.yielded:
+            log.info(
+                "load: %s draws <= %.1f A for %.0f s: it gives its place to a waiting session",
+                _name(k),
+                self.cfg.idle_current_a,
+                self.cfg.idle_yield_s,
+            )
+        now = self.clock()
+        for ph in alloc.mismatch:
+            last = self._mismatch_logged.get(ph)
+            if last is None or now - last >= MISMATCH_LOG_INTERVAL_S:
+                self._mismatch_logged[ph] = now
+                log.warning(
+                    "load: on %s the chargers' meters show more current than the grid meter: EV current is counted "
+                    "on a phase it is not on. Check [load] phase_rotation / phases and that each charger meter's "
+                    "L1..L3 are its charger's L1..L3. Static split until it is consistent again",
+                    SITE_PHASES[ph],
+                )
+
     async def _apply(self, d: Decision) -> bool:
         cid, conn = d.key
         sent_at = self.clock()
-        payload = tx_profile(conn, d.transaction_id, d.limit, self.wall(), self.cfg.profile_lease_s)
+        single = len(self.wiring(cid, conn)) == 1
+        payload = tx_profile(
+            conn, d.transaction_id, d.limit, self.wall(), self.cfg.profile_lease_s, 1 if single else None
+        )
         outcome = await self._call(cid, payload)
         if outcome == UNKNOWN:
             self.allocator.unconfirmed(d.key, d.limit, sent_at)
@@ -343,7 +434,10 @@ class LoadManager:
         return True
 
     async def _send_default(self, charger_id: str) -> None:
-        await self._call(charger_id, tx_default_profile(self.cfg.safe_current_a))
+        c = self.chargers.get(charger_id)
+        connectors = range(1, (c.connectors if c is not None else 1) + 1)
+        single = all(len(self.wiring(charger_id, conn)) == 1 for conn in connectors)
+        await self._call(charger_id, tx_default_profile(self.cfg.safe_current_a, 0, 1 if single else None))
 
     async def _call(self, charger_id: str, payload: dict[str, Any]) -> Outcome:
         self.sends += 1
@@ -389,18 +483,26 @@ class LoadManager:
         a = self.last
         now = self.clock()
         online = set(self.commands.connected())
+        waiting = set() if a is None else set(a.waiting)
         return {
             "site_limit_a": self.allocator.params.site_limit,
             "mode": None if a is None else a.mode,
             "available_a": None if a is None else a.available,
+            "available_phases_a": None if a is None else list(a.available_phases),
             "other_load_a": None if a is None else a.other_load,
+            "other_load_phases_a": None if a is None or a.other_phases is None else list(a.other_phases),
+            "phase_mismatch": [] if a is None else [SITE_PHASES[ph] for ph in a.mismatch],
             "sessions": {
                 f"{k[0]}/{k[1]}": {
                     "transaction_id": s.transaction_id,
+                    "phases": phase_names(self.wiring(*k)),
                     "limit_a": self.allocator.sent_limit(k),
                     "in_force_a": self.allocator.in_force(k, now),
                     "reachable": k[0] in online,
                     "target_a": None if a is None else a.targets.get(k),
+                    "waiting": k in waiting,
+                    "waiting_s": _since(self.allocator.waiting_since(k), now) if k in waiting else None,
+                    "parked": self.allocator.parked(k),
                 }
                 for k, s in self.sessions.items()
             },
@@ -414,3 +516,11 @@ class LoadManager:
                 for o in self.overdraws[-20:]
             ],
         }
+
+
+def _name(key: SessionKey) -> str:
+    return f"{key[0]}/{key[1]}"
+
+
+def _since(t: float | None, now: float) -> float | None:
+    return None if t is None else round(now - t, 1)

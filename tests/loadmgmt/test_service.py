@@ -43,11 +43,15 @@ class FakeMeters:
 
     samples = 0
 
-    def session_current(self, charger_id: str, connector_id: int, at: float | None = None) -> float | None:
-        return self.ev.get((charger_id, connector_id))
+    def session_current(self, charger_id: str, connector_id: int, at: float | None = None) -> Phases | None:
+        amps = self.ev.get((charger_id, connector_id))  # EVs here draw the same on all three phases
+        return None if amps is None else (amps, amps, amps)
 
     def has_meter(self, charger_id: str, connector_id: int) -> bool:
         return (charger_id, connector_id) in self.metered
+
+    def meter_id(self, charger_id: str, connector_id: int) -> str | None:
+        return f"m-{charger_id}-{connector_id}" if (charger_id, connector_id) in self.ev else None
 
     metered: set[tuple[str, int]] = set()
 

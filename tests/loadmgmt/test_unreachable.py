@@ -93,11 +93,15 @@ class Site:
         g = self.total()
         return (g, g, g), self.clock.t
 
-    def session_current(self, charger_id: str, connector_id: int, at: float | None = None) -> float | None:
-        return self.draw(charger_id)
+    def session_current(self, charger_id: str, connector_id: int, at: float | None = None) -> Phases | None:
+        d = self.draw(charger_id)
+        return (d, d, d)
 
     def has_meter(self, charger_id: str, connector_id: int) -> bool:
         return True
+
+    def meter_id(self, charger_id: str, connector_id: int) -> str | None:
+        return f"m{charger_id}"
 
 
 def make(
@@ -120,8 +124,8 @@ def to_charger(site: Site, cid: str, since: int) -> list[tuple[str, float]]:
 
 
 def test_offline_charger_keeps_its_limit_and_the_site_stays_within_its_limit() -> None:
-    """11/11/10/10 A on a 48 A site; CP1 goes offline (its 120 s lease keeps it at 11 A) and the building load steps
-    from 5 to 15 A. The others must make room for CP1's 11 A until its lease has run out, then for its 6 A."""
+    """10.5 A each on a 48 A site; CP1 goes offline (its 120 s lease keeps it at 10.5 A) and the building load steps
+    from 5 to 15 A. The others must make room for CP1's 10.5 A until its lease has run out, then for its 6 A."""
     ids = ["CP1", "CP2", "CP3", "CP4"]
     limit = 48.0
     cfg = LoadSection(
@@ -150,20 +154,21 @@ def test_offline_charger_keeps_its_limit_and_the_site_stays_within_its_limit() -
         for i, cid in enumerate(ids):
             await start_session(lm, site, cid, i + 1)
         await rounds(20)
-        assert {c: site.offered(c) for c in ids} == {"CP1": 11.0, "CP2": 11.0, "CP3": 10.0, "CP4": 10.0}
+        assert {c: site.offered(c) for c in ids} == {c: 10.5 for c in ids}  # (48 - 1 - 5) / 4
 
         site.offline.add("CP1")  # its network drops: its last TxProfile stays in force until the lease ends
         site.building = 15.0  # and the building load steps up at the same moment
         t_off, n_off = clock.t, len(site.attempts)
         await rounds(1)
-        # CP1 still applies 11 A: the others share 48 - 1 margin - 15 - 11 = 21 A
-        assert site.offered("CP1") == 11.0
-        assert [site.offered(c) for c in ids[1:]] == [7.0, 7.0, 7.0]
-        assert lm.last is not None and lm.last.held == {("CP1", 1): 11.0}
+        # CP1 still applies 10.5 A: the others share 48 - 1 margin - 15 - 10.5 = 21.5 A (0.1 A steps, first in line
+        # first)
+        assert site.offered("CP1") == 10.5
+        assert [site.offered(c) for c in ids[1:]] == [7.2, 7.2, 7.1]
+        assert lm.last is not None and lm.last.held == {("CP1", 1): 10.5}
         await rounds(int(130 / 0.5))  # past the end of CP1's lease
         assert site.offered("CP1") == 6.0  # its TxDefaultProfile
         # ... and the others got the room it left: 48 - 1 - 15 - 6 = 26 A
-        assert sum(site.offered(c) for c in ids[1:]) == 26.0
+        assert sum(site.offered(c) for c in ids[1:]) == pytest.approx(26.0)
         assert to_charger(site, "CP1", n_off) == []  # nothing was tried on the offline charger
         assert clock.t - t_off > cfg.profile_lease_s
 
