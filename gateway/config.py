@@ -12,6 +12,7 @@ import dataclasses
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -88,6 +89,17 @@ SECTIONS: dict[str, tuple[type[Any], bool]] = {
 def register_section(name: str, cls: type[Any], array: bool = False) -> None:
     """Let a subsystem add its own section (its dataclass lives in its own module)."""
     SECTIONS[name] = (cls, array)
+
+
+# Checks across sections (e.g. [load] naming chargers of [[chargers]]), run on every parsed config; each raises
+# ConfigError naming the file, key and fix.
+CHECKS: list[Callable[[SiteConfig], None]] = []
+
+
+def register_check(check: Callable[[SiteConfig], None]) -> None:
+    """Let a subsystem check its section against the others once the whole file is parsed."""
+    if check not in CHECKS:
+        CHECKS.append(check)
 
 
 @dataclass(frozen=True)
@@ -242,7 +254,7 @@ def parse_config(path: Path, data: dict[str, Any]) -> SiteConfig:
         raise ConfigError(file, "ocpp.port", "expected 0..65535 (0 picks a free port)")
     if bool(ocpp.tls_cert) != bool(ocpp.tls_key):
         raise ConfigError(file, "ocpp.tls_cert", "tls_cert and tls_key must be set together")
-    return SiteConfig(
+    cfg = SiteConfig(
         path=path.resolve(),
         site=built["site"],
         ocpp=ocpp,
@@ -251,6 +263,9 @@ def parse_config(path: Path, data: dict[str, Any]) -> SiteConfig:
         chargers=built["chargers"],
         sections=built,
     )
+    for check in CHECKS:
+        check(cfg)
+    return cfg
 
 
 def load_config(path: str | Path) -> SiteConfig:

@@ -110,8 +110,11 @@ class CsmsHooks:
     charger_booted: list[Callable[[str], Awaitable[None]]] = field(default_factory=list)
     transaction_started: list[Callable[[str, int, int], Awaitable[None]]] = field(default_factory=list)
     transaction_stopped: list[Callable[[str, int, int], Awaitable[None]]] = field(default_factory=list)
-    # (charger, connector, amps): the highest phase's Current.Import a charger reported; called after commit.
-    current_reported: list[Callable[[str, int, float], None]] = field(default_factory=list)
+    # (charger, connector, amps): the Current.Import a charger reported, per phase (L1, L2, L3 in the charger's own
+    # phase order) when it sent all three, else the highest value it sent; called after commit.
+    current_reported: list[Callable[[str, int, float | tuple[float, float, float]], None]] = field(
+        default_factory=list
+    )
 
 
 @dataclass
@@ -551,7 +554,7 @@ class Csms:
 
         await self.store.write(op)
         if self.hooks.current_reported:
-            amps = _max_current_import(p["meterValue"])
+            amps = _current_import(p["meterValue"])
             if amps is not None:
                 for hook in self.hooks.current_reported:
                     hook(cid, connector, amps)
@@ -804,17 +807,26 @@ def _emit_session_updates(
         )
 
 
-def _max_current_import(meter_values: list[dict[str, Any]]) -> float | None:
-    """Highest per-phase Current.Import (A) in the newest sampled values that carry one."""
-    best: float | None = None
+def _current_import(meter_values: list[dict[str, Any]]) -> float | tuple[float, float, float] | None:
+    """Current.Import (A) of the newest sampled values that carry it: (L1, L2, L3) when all three phases are there,
+    else the highest value (a charger that sends no phase, or not all three, says too little to place it)."""
     for mv in reversed(meter_values):
+        per_phase: dict[str, float] = {}
+        best: float | None = None
         for sv in mv["sampledValue"]:
             if sv.get("measurand") == "Current.Import" and sv.get("unit", "A") == "A":
                 try:
                     value = float(sv["value"])
                 except ValueError:
                     continue
+                if not math.isfinite(value):
+                    continue  # "NaN"/"inf" parse as floats but say nothing about the current
                 best = value if best is None else max(best, value)
+                phase = sv.get("phase")
+                if phase in ("L1", "L2", "L3"):
+                    per_phase[phase] = max(value, per_phase.get(phase, value))
+        if len(per_phase) == 3:
+            return (per_phase["L1"], per_phase["L2"], per_phase["L3"])
         if best is not None:
             return best
     return None

@@ -8,7 +8,7 @@ real agents (firmware_sim.fleet: the agent core a device runs, over real websock
 32 A each.
 
 Site: 48 A per phase, building base load 5 A, safe current 6 A (4 x 6 A + building reserve 16 A = 40 A <= 48 A, so
-the fail-safe is valid). The metered fair share is (48 - 1 margin - 5) / 4 = 10 A per session (7 A on the static
+the fail-safe is valid). The metered fair share is (48 - 1 margin - 5) / 4 = 10.5 A per session (7.7 A on the static
 split), so every session runs clearly above the safe current before the kill.
 
 1. Sessions run under the allocation: every charger offers more than the safe current.
@@ -61,7 +61,7 @@ REGISTER_TIMEOUT_S = 20.0
 DEFAULT_PROFILE_TIMEOUT_S = 10.0
 # Authorize + StartTransaction on all four
 SESSIONS_TIMEOUT_S = 20.0
-# first allocation round with fresh meters + min_change_interval_s; the static split alone already gives 7 A
+# first allocation round with fresh meters + min_change_interval_s; the static split alone already gives 7.7 A
 ALLOCATION_TIMEOUT_S = 15.0
 # after the lease ends the agent evaluates its profiles on its next tick (0.1 s); the lease may have been renewed
 # just before the kill, and startSchedule is truncated to whole seconds: slack for a loaded box

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.config import ChargerSection, SiteConfig, register_section
+from gateway.config import ChargerSection, SiteConfig, register_check, register_section
 from gateway.errors import ConfigError
 
 SITE_PHASES = ("L1", "L2", "L3")
@@ -309,3 +309,4 @@ def check_load(cfg: SiteConfig) -> None:
 
 
 register_section("load", LoadSection)
+register_check(check_load)

@@ -88,14 +88,16 @@ def test_cross_checks_with_the_chargers() -> None:
         ),
     ]
     for load, chargers, key, says in cases:
-        cfg = config(load, chargers)  # the section alone is fine ...
+        # the section alone is fine, the [[chargers]] it names are not: loading the file says so (check_load runs
+        # as a registered cross-section check) ...
         with pytest.raises(ConfigError) as e:
-            check_load(cfg)  # ... the [[chargers]] it names are not
+            config(load, chargers)
         assert (e.value.key, e.value.file) == (key, str(Path("/etc/chargegate/site.toml").resolve()))
         assert says in e.value.problem, e.value.problem
-        # and the LoadManager refuses it too, whoever builds it
+        # ... and the LoadManager refuses it too, whoever builds it
         with pytest.raises(ConfigError):
-            LoadManager(cfg.sections["load"], cfg.chargers, Cmds(), None)
+            listed = chargers or [{"id": f"CP{i}", "password": PASSWORD} for i in (1, 2, 3)]
+            LoadManager(LoadSection(**load), [ChargerSection(**c) for c in listed], Cmds(), None)
 
 
 def test_wiring_resolution() -> None:
