@@ -13,6 +13,7 @@ import json
 
 from agent import configkeys, connector, ocppj
 from agent.compat import const, is_int, iso_utc, mask_token, parse_iso
+from agent.journal import NO_BASE, Journal
 from agent.localauth import LocalAuth, clean_id_tag_info, effective_status
 from agent.txqueue import METER, START, STOP, TxQueue
 
@@ -51,6 +52,12 @@ MAX_TXN_DATA = const(16)
 MAX_OUTGOING = const(64)
 
 TX_STORAGE = "transactions"
+# Transaction journal size that triggers a compaction mid-session (a stop that leaves no transaction running
+# compacts anyway, to a snapshot of a few bytes). A running transaction's record is ~3 kB with MAX_TXN_DATA samples
+# of one measurand (~6 kB with three), so a long session writes one such snapshot per ~16 kB of ~190-byte sample
+# records (~1.2x the records' bytes; the old policy wrote the whole record per sample), and boot replays at most
+# 16 kB (half the offline queue's bound: the state it rebuilds is smaller).
+TX_JOURNAL_MAX_BYTES = const(16384)
 AVAIL_STORAGE = "availability"
 
 # Known 1.6 actions this charge point does not support (answered NotSupported, not NotImplemented).
@@ -144,6 +151,111 @@ def _valid_start_answer(payload: "Any") -> bool:
     return is_int(payload.get("transactionId")) and clean_id_tag_info(payload.get("idTagInfo")) is not None
 
 
+class TransactionLog:
+    """The persisted records of the running transactions: {str(connector id): record} in the blob TX_STORAGE.
+
+    The record (see ChargePointCore._start_tx) is what a restart after a power cut needs to send a correct
+    StopTransaction: its provisional id, idTag, meterStart and the transactionData samples (at most
+    MAX_TXN_DATA, Transaction.Begin kept). It changes on every StopTxnSampledData/StopTxnAlignedData sample, so
+    it is journaled like the offline queue (agent/journal.py): one small record per change appended to
+    `transactions.jnl`, and the whole state written as the snapshot `transactions` only when a stop leaves no
+    transaction running (the snapshot is then `{"gen": n}`), when the journal would pass TX_JOURNAL_MAX_BYTES (a
+    long session), and at boot after the recovery stopped what it found. Every change goes through `_apply`,
+    live and on replay, so a reload gives exactly the persisted records. journal=False is the pre-journal
+    policy: the whole blob rewritten on every change. The snapshot keeps the pre-journal layout (connector ids
+    as keys, plus "gen"), so a blob written before the journal existed loads as a snapshot.
+
+    Records ("c" = str(connector id)):
+      {"o": "b", "c": c, "x": record}        a transaction started (its whole record, Transaction.Begin included)
+      {"o": "m", "c": c, "v": meterValue}    a transactionData sample (the oldest after Begin dropped past the cap)
+      {"o": "u", "c": c, "k": {field: v}}    fields set on the record (the StartTransaction answer: id, invalid)
+      {"o": "e", "c": c}                     the transaction stopped (its StopTransaction is in the offline queue)
+    """
+
+    def __init__(self, hal: "Any", journal: bool = True):
+        self.records = {}  # type: dict[str, Any]
+        self.replay_stopped = None  # type: str | None  # journal.TORN/CORRUPT/...: why the last replay stopped
+        self._journal = Journal(hal, TX_STORAGE, TX_JOURNAL_MAX_BYTES, journal)
+
+    def load(self) -> None:
+        snap, recs = self._journal.load()
+        self.records = {}
+        if snap is not None:
+            for k in snap:
+                if k != "gen":
+                    self.records[k] = snap[k]
+        elif recs:
+            recs = []  # deltas without their base: start empty, as with any corrupt blob
+            self._journal.stopped = NO_BASE
+        for rec in recs:
+            try:
+                self._apply(rec)
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+                # a valid CRC with content this code cannot apply: keep the state of the records before it
+                self._journal.stopped = "unusable"
+                break
+        self.replay_stopped = self._journal.stopped
+
+    @property
+    def dirty(self) -> bool:
+        """The last load found records or damage in the journal: fold them in (save) before appending."""
+        return self._journal.dirty_at_boot
+
+    def save(self) -> None:
+        """Write the whole state (snapshot) and restart the journal."""
+        snap = {}  # type: dict[str, Any]
+        for k in self.records:
+            snap[k] = self.records[k]
+        self._journal.compact(snap)
+
+    def _apply(self, rec: "dict[str, Any]") -> None:
+        op = rec["o"]
+        key = rec["c"]
+        if not isinstance(key, str):
+            raise ValueError("bad transaction record")
+        if op == "b":
+            self.records[key] = rec["x"]
+        elif op == "m":
+            data = self.records[key]["data"]
+            data.append(rec["v"])
+            if len(data) > MAX_TXN_DATA:
+                data.pop(1)  # keep Transaction.Begin
+        elif op == "u":
+            tx = self.records[key]
+            fields = rec["k"]
+            for k in fields:
+                tx[k] = fields[k]
+        elif op == "e":
+            del self.records[key]
+        else:
+            raise ValueError("unknown journal record")
+
+    def _change(self, rec: "dict[str, Any]") -> None:
+        self._apply(rec)
+        if not self._journal.append(rec):
+            self.save()  # journal off, not started yet, or full: write the whole state instead
+
+    def begin(self, cid: int, tx: "dict[str, Any]") -> None:
+        """Persist the new transaction's record; `tx` itself becomes the live record (changed only through here)."""
+        self._change({"o": "b", "c": str(cid), "x": tx})
+
+    def sample(self, cid: int, meter_value: "dict[str, Any]") -> None:
+        self._change({"o": "m", "c": str(cid), "v": meter_value})
+
+    def update(self, cid: int, fields: "dict[str, Any]") -> None:
+        self._change({"o": "u", "c": str(cid), "k": fields})
+
+    def end(self, cid: int) -> None:
+        key = str(cid)
+        if key not in self.records:
+            return
+        if len(self.records) == 1:
+            del self.records[key]
+            self.save()  # nothing left running: a snapshot of a few bytes, and the journal restarts empty
+        else:
+            self._change({"o": "e", "c": key})
+
+
 class AgentConfig:
     def __init__(
         self,
@@ -168,8 +280,9 @@ class AgentConfig:
         self.max_current_a = max_current_a  # per phase, the connector's rating
         self.voltage_v = voltage_v
         self.phases = phases
-        # Journal the offline queue and the authorization cache (agent/journal.py); False = rewrite their whole
-        # blob on every change (the pre-journal policy: ports whose storage cannot append, the flash benchmark).
+        # Journal the offline queue, the authorization cache and the running transactions' records
+        # (agent/journal.py); False = rewrite their whole blob on every change (the pre-journal policy: ports
+        # whose storage cannot append, the flash benchmark).
         self.storage_journal = storage_journal
 
 
@@ -232,6 +345,7 @@ class ChargePointCore:
         journal = getattr(config, "storage_journal", True)
         self.queue = TxQueue(hal, journal=journal)
         self.auth = LocalAuth(hal, journal=journal)
+        self.transactions = TransactionLog(hal, journal=journal)
         self.smart = SmartCharging(hal, config) if SmartCharging is not None else None
         self.connectors = [_Connector(i + 1) for i in range(config.connectors)]
         self._load_availability()
@@ -325,33 +439,36 @@ class ChargePointCore:
             blob[str(c.cid)] = c.operative
         self.hal.storage_write(AVAIL_STORAGE, json.dumps(blob).encode())
 
-    def _save_transactions(self) -> None:
-        blob = {}
-        for c in self.connectors:
-            if c.tx is not None:
-                blob[str(c.cid)] = c.tx
-        self.hal.storage_write(TX_STORAGE, json.dumps(blob).encode())
-
     def _recover_transactions(self) -> None:
         """A transaction found in storage was interrupted by a power loss (Reset stops them before rebooting):
         stop it now with reason PowerLoss so the gateway gets a complete record."""
-        raw = self.hal.storage_read(TX_STORAGE)
-        if not raw:
-            return
-        try:
-            blob = json.loads(raw)
-        except ValueError:
-            return
-        if not isinstance(blob, dict):
-            return
+        log = self.transactions
+        log.load()
+        if log.replay_stopped is not None:
+            self._log("transaction journal: replay stopped (" + log.replay_stopped + ")")
+        found = log.records
         for c in self.connectors:
-            tx = blob.get(str(c.cid))
+            tx = found.get(str(c.cid))  # type: Any
             if _valid_tx_record(tx):
+                if self._stop_queued(tx["local"]):
+                    # the power went after its StopTransaction was queued, before the record was removed
+                    self._log("transaction " + str(tx["local"]) + " was already stopped")
+                    if self.smart is not None:
+                        self.smart.transaction_ended(c.cid, tx["local"])
+                    continue
                 c.tx = tx
                 self._stop_tx(c, "PowerLoss", None)
             elif tx is not None:
                 self._log("unusable transaction record on connector " + str(c.cid) + " dropped")
-        self._save_transactions()
+        if log.records or log.dirty:
+            log.records = {}  # unusable records, connectors this charger no longer has
+            log.save()
+
+    def _stop_queued(self, local: int) -> bool:
+        for e in self.queue.entries:
+            if e["action"] == STOP and e["tx"] == local:
+                return True
+        return False
 
     # ==================================================================================================
     # outbound CALLs
@@ -570,13 +687,13 @@ class ChargePointCore:
             self.auth.remember(id_tag, info, self.cfg.get("AuthorizationCacheEnabled"))
         for c in self.connectors:
             if c.tx is not None and c.tx["local"] == local:
-                c.tx["id"] = real
+                fields = {"id": real}  # type: dict[str, Any]
                 if info is not None and info["status"] != "Accepted":
                     if self.cfg.get("StopTransactionOnInvalidId"):
                         self._stop_tx(c, "DeAuthorized", None)
                         return
-                    c.tx["invalid"] = True  # keep the transaction, withhold energy (SuspendedEVSE)
-                self._save_transactions()
+                    fields["invalid"] = True  # keep the transaction, withhold energy (SuspendedEVSE)
+                self.transactions.update(c.cid, fields)
         if not self._tx_alive(local):
             self.queue.forget(local)
 
@@ -962,20 +1079,21 @@ class ChargePointCore:
         wall = self._wall()
         meter = int(self.hal.meter_wh(c.cid))
         ts = iso_utc(wall)
-        c.tx = {
+        tx = {
             "local": local,
             "id_tag": waiting["id_tag"],
             "meter_start": meter,
             "start": ts,
             "start_wall": int(wall),
             "data": [],
-        }
+        }  # type: dict[str, Any]
         if self.cfg.get("StopTxnSampledData"):
-            c.tx["data"].append(
+            tx["data"].append(
                 self._meter_value(c, self.cfg.get("StopTxnSampledData"), "Transaction.Begin", ts)
             )
+        c.tx = tx
         c.last_sample_ms = now
-        self._save_transactions()
+        self.transactions.begin(c.cid, tx)
         self.hal.lock_connector(c.cid, True)
         if c.remote_profile is not None and self.smart is not None:
             self.smart.bind_remote_profile(c.cid, c.remote_profile, local, wall)
@@ -1006,10 +1124,13 @@ class ChargePointCore:
             data.append(self._meter_value(c, measurands, "Transaction.End", ts))
             payload["transactionData"] = data
         c.tx = None
-        self._save_transactions()
+        # The StopTransaction is persisted (queued) before the record goes: a power cut between the two leaves
+        # both, and the restart finds the queued stop and does not stop the transaction a second time
+        # (_recover_transactions). The other order would lose the StopTransaction in that window.
+        self.queue.push(STOP, payload, tx["local"])
+        self.transactions.end(c.cid)
         if self.smart is not None:
             self.smart.transaction_ended(c.cid, tx["local"])
-        self.queue.push(STOP, payload, tx["local"])
         if reason != "EVDisconnected" or self.cfg.get("UnlockConnectorOnEVSideDisconnect"):
             self.hal.lock_connector(c.cid, False)
         self._log("transaction " + str(tx["local"]) + " stopped: " + reason)
@@ -1047,11 +1168,8 @@ class ChargePointCore:
             elif self._online:
                 self._send_direct("MeterValues", {"connectorId": c.cid, "meterValue": [mv]})
         if tx is not None and txn_measurands:
-            data = tx["data"]
-            data.append(self._meter_value(c, txn_measurands, context, ts))
-            if len(data) > MAX_TXN_DATA:
-                data.pop(1)  # keep Transaction.Begin
-            self._save_transactions()
+            # appended to tx["data"] (the oldest after Transaction.Begin dropped past MAX_TXN_DATA) and persisted
+            self.transactions.sample(c.cid, self._meter_value(c, txn_measurands, context, ts))
 
     def _send_triggered_meter_values(self, c: _Connector) -> None:
         mv = self._meter_value(c, self.cfg.get("MeterValuesSampledData"), "Trigger", iso_utc(self._wall()))

@@ -1,4 +1,5 @@
-"""Snapshot + append-only journal for state that changes often (the offline queue, the authorization cache).
+"""Snapshot + append-only journal for state that changes often (the offline queue, the authorization cache, the
+running transactions' records).
 
 Rewriting a whole JSON blob on every change wears flash sectors and costs time (the offline queue is up to
 ~40 kB). Instead each change appends one small self-checking record to the journal blob (`name + SUFFIX`)

@@ -1,13 +1,14 @@
-"""Agent flash wear: bytes and storage calls per charging session with the journaled offline queue and
-authorization cache (agent/journal.py) vs. the old policy (rewrite the whole blob on every change), same run.
+"""Agent flash wear: bytes and storage calls per charging session with the journaled offline queue,
+authorization cache and running-transaction record (agent/journal.py) vs. the old policy (rewrite the whole blob
+on every change), same run.
 
     .venv/bin/python bench/bench_agent_flash.py [--sessions 50] [--meter-values 60] [--offline-run 2] [--out FILE]
 
 Both policies run the same deterministic script through the real agent core (agent.core.ChargePointCore) on the
 simulator's hardware (firmware_sim.hal.SimHal: EV physics, meter) with a manual clock, and storage that counts every
 call and byte per blob on top of the real DirStorage files in a temp directory. The policy is the core's
-`AgentConfig(storage_journal=...)` switch: False rewrites the `txqueue`/`authcache` snapshot on every change,
-exactly the pre-journal code path (plus a 10-byte "gen" key per snapshot).
+`AgentConfig(storage_journal=...)` switch: False rewrites the `txqueue`/`authcache`/`transactions` snapshot on
+every change, exactly the pre-journal code path (plus a 10-byte "gen" key per snapshot).
 
 Script: --sessions sessions of --meter-values periodic MeterValues each (MeterValueSampleInterval --interval s,
 ticked every simulated second): tap a card (one of --tags), plug an EV, charge, unplug (EVDisconnected stop).
@@ -17,10 +18,11 @@ the link comes back at the start of the next online run. The Central System is i
 at once (Accepted, real-looking transactionIds); it also records the actions the core sent, so the run checks that
 both policies delivered the identical message sequence (`same_messages`).
 
-Output (stdout and --out): per policy, totals and per-session figures for all blobs and for the two journaled state
-blobs only (`queue_and_cache`), per-blob detail, then `ratio_old_over_journal` (> 1 = the journal writes less).
-Blobs the journal does not cover (the running transaction record `transactions`, rewritten per sample while
-StopTxnSampledData is set; `config`) are counted in `all_blobs` and listed in `per_blob`. No timings are asserted.
+Output (stdout and --out): per policy, totals and per-session figures for all blobs, for the offline queue and the
+authorization cache (`queue_and_cache`), and for the running-transaction record (`transactions`: the record plus
+one transactionData sample per MeterValues while StopTxnSampledData is set, the default), per-blob detail, then
+`ratio_old_over_journal` (> 1 = the journal writes less) for each group. Blobs not journaled (`config`,
+`availability`, ...) are counted in `all_blobs` and listed in `per_blob`. No timings are asserted.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.compat import iso_utc
-from agent.core import AgentConfig, ChargePointCore
+from agent.core import TX_STORAGE, AgentConfig, ChargePointCore
 from agent.journal import SUFFIX
 from agent.txqueue import QUEUE_CAP
 from firmware_sim.clock import ManualTime, SimClock
@@ -47,7 +49,8 @@ from firmware_sim.storage import DirStorage
 WALL0 = 1_795_000_000.0
 # A battery far from full for the whole session, so every session charges (and samples) until it is unplugged.
 SPEC = EvSpec("bench-11kW", capacity_kwh=200.0, max_ac_power_w=11000.0, phases=3)
-JOURNALED = ("txqueue", "txqueue" + SUFFIX, "authcache", "authcache" + SUFFIX)
+QUEUE_AND_CACHE = ("txqueue", "txqueue" + SUFFIX, "authcache", "authcache" + SUFFIX)
+TRANSACTIONS = (TX_STORAGE, TX_STORAGE + SUFFIX)
 
 
 class CountingStorage(DirStorage):
@@ -169,6 +172,7 @@ def run_policy(journal: bool, args: argparse.Namespace, work: Path) -> dict[str,
     assert len(core.queue) == 0, "the queue did not drain"
 
     def totals(names: list[str]) -> dict[str, Any]:
+        names = [n for n in names if n in storage.per_blob]
         wc = sum(storage.per_blob[n]["write_calls"] for n in names)
         ac = sum(storage.per_blob[n]["append_calls"] for n in names)
         b = sum(storage.per_blob[n]["write_bytes"] + storage.per_blob[n]["append_bytes"] for n in names)
@@ -185,7 +189,8 @@ def run_policy(journal: bool, args: argparse.Namespace, work: Path) -> dict[str,
     names = sorted(storage.per_blob)
     return {
         "all_blobs": totals(names),
-        "queue_and_cache": totals([n for n in names if n in JOURNALED]),
+        "queue_and_cache": totals(list(QUEUE_AND_CACHE)),
+        "transactions": totals(list(TRANSACTIONS)),
         "per_blob": {n: storage.per_blob[n] for n in names},
         "messages_sent": len(central.actions),
         "meter_values_sampled": central.actions.count("MeterValues") + dropped,
@@ -241,6 +246,8 @@ def main() -> None:
         "ratio_old_over_journal": {
             "queue_and_cache_bytes": ratio("queue_and_cache", "bytes"),
             "queue_and_cache_storage_calls": ratio("queue_and_cache", "storage_calls"),
+            "transactions_bytes": ratio("transactions", "bytes"),
+            "transactions_storage_calls": ratio("transactions", "storage_calls"),
             "all_blobs_bytes": ratio("all_blobs", "bytes"),
             "all_blobs_storage_calls": ratio("all_blobs", "storage_calls"),
         },

@@ -23,6 +23,7 @@ from firmware_sim.storage import MAX_BLOB_BYTES, DirStorage
 SPEC = EvSpec("test", capacity_kwh=60.0, max_ac_power_w=11000.0, phases=3)
 WALL0 = 1_795_000_000.0
 QJ = "txqueue" + journal.SUFFIX
+TJ = "transactions" + journal.SUFFIX
 
 
 def _hal(flash: Path) -> tuple[SimHal, ManualTime]:
@@ -92,8 +93,9 @@ def test_offline_session_journals_instead_of_rewriting(tmp_path: Path) -> None:
         t.advance(1)
         core.tick()
     assert [e["action"] for e in core.queue.entries].count(METER) == 6
-    assert counting.appended == [QJ] * 6  # one record per MeterValues
-    assert "txqueue" not in counting.written  # the queue snapshot was not rewritten
+    # one queue record per MeterValues, one transaction-journal record per transactionData sample
+    assert counting.appended == [QJ, TJ] * 6
+    assert counting.written == []  # neither the queue snapshot nor the transaction record was rewritten
     records, stopped = journal.decode_records((flash / QJ).read_bytes())
     assert stopped is None and [r["a"] for r in records if r.get("o") == "p"] == [START] + [METER] * 6
 

@@ -18,11 +18,15 @@ if (!existsSync(pkg)) {
   console.error(`MicroPython package missing (${pkg}): run \`npm ci\` in ${root}`);
   process.exit(2);
 }
-// Default case modules, shared with CPython pytest (tests/agent/test_core.py, test_journal.py and
-// test_clock_reset.py import the same ones).
-const DEFAULT_CASES = ["cases_core.py", "cases_phase2.py", "cases_journal.py", "cases_clock_reset.py"].map((f) =>
-  join(root, "tests", "agent", f),
-);
+// Default case modules, shared with CPython pytest (tests/agent/test_core.py, test_journal.py,
+// test_clock_reset.py and test_txjournal.py import the same ones).
+const DEFAULT_CASES = [
+  "cases_core.py",
+  "cases_phase2.py",
+  "cases_journal.py",
+  "cases_clock_reset.py",
+  "cases_txjournal.py",
+].map((f) => join(root, "tests", "agent", f));
 // Agent files that only run on CPython (the websocket port, the nfcpy reader backend).
 const CPYTHON_ONLY = new Set(["port_cpython.py", "nfc_reader.py"]);
 

@@ -1,0 +1,146 @@
+"""The running-transaction journal on the simulator's flash (firmware_sim DirStorage files on a tmp dir, real
+O_APPEND writes) under the real core and the simulator's EV and meter, with a fake clock: every sample is one
+appended record, a power cut at every byte of the last record (the file truncated there) restarts into a
+StopTransaction (PowerLoss) carrying the samples persisted before or after that record, never anything else, and a
+real power cut mid-session (SimHal.power_cut) delivers every persisted sample."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from agent import journal
+from agent.core import MAX_TXN_DATA, TX_STORAGE, AgentConfig, ChargePointCore, TransactionLog
+from agent.txqueue import METER, START, STOP
+from firmware_sim.clock import ManualTime, SimClock
+from firmware_sim.ev import Ev, EvSpec
+from firmware_sim.hal import SimHal
+from firmware_sim.storage import DirStorage
+
+SPEC = EvSpec("test", capacity_kwh=60.0, max_ac_power_w=11000.0, phases=3)
+WALL0 = 1_795_000_000.0
+TJ = TX_STORAGE + journal.SUFFIX
+QJ = "txqueue" + journal.SUFFIX
+
+
+class _Counting(DirStorage):
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.written: list[str] = []
+        self.appended: list[str] = []
+
+    def write(self, name: str, data: bytes) -> None:
+        self.written.append(name)
+        super().write(name, data)
+
+    def append(self, name: str, data: bytes) -> None:
+        self.appended.append(name)
+        super().append(name, data)
+
+
+def _offline_session(flash: Path) -> tuple[ChargePointCore, SimHal, ManualTime]:
+    """A charger that starts an offline transaction (unknown id allowed) and samples every 10 s."""
+    t = ManualTime()
+    hal = SimHal("CP1", 1, flash, SimClock(1.0, monotonic=t, wall=lambda: WALL0 + t.now))
+    core = ChargePointCore(AgentConfig("CP1"), hal)
+    core.cfg.change("AllowOfflineTxForUnknownId", "true")
+    core.cfg.change("MeterValueSampleInterval", "10")
+    hal.plug_in(1, Ev(SPEC, soc=0.2))
+    hal.tap("OFFLINE-1")
+    for _ in range(3):
+        core.tick()
+        t.advance(1)
+    assert core.status(1) == "Charging" and core.connectors[0].tx is not None
+    return core, hal, t
+
+
+def _queued_stops(core: ChargePointCore) -> list[dict[str, Any]]:
+    return [e["payload"] for e in core.queue.entries if e["action"] == STOP]
+
+
+def test_each_sample_is_one_appended_record_on_flash(tmp_path: Path) -> None:
+    flash = tmp_path / "flash"
+    core, hal, t = _offline_session(flash)
+    counting = _Counting(flash)
+    hal.storage = counting
+    for _ in range(60):
+        t.advance(1)
+        core.tick()
+    assert counting.appended.count(TJ) == 6 and TX_STORAGE not in counting.written
+    records, stopped = journal.decode_records((flash / TJ).read_bytes())
+    assert stopped is None and [r.get("o") for r in records[1:]] == ["m"] * 6
+    assert records[1]["v"]["sampledValue"][0]["context"] == "Sample.Periodic"
+    # the whole record was written once, by the start (the journal's first change is a compaction)
+    snap = json.loads((flash / TX_STORAGE).read_bytes())
+    assert snap["1"]["data"][0]["sampledValue"][0]["context"] == "Transaction.Begin"
+
+
+def test_power_cut_at_every_byte_of_the_last_sample_on_flash(tmp_path: Path) -> None:
+    flash = tmp_path / "flash"
+    core, hal, t = _offline_session(flash)
+    for _ in range(25):
+        t.advance(1)
+        core.tick()
+    before = json.loads(json.dumps(core.connectors[0].tx))
+    prev = (flash / TJ).read_bytes()
+    for _ in range(10):
+        t.advance(1)
+        core.tick()
+    full = (flash / TJ).read_bytes()
+    after = json.loads(json.dumps(core.connectors[0].tx))
+    assert len(after["data"]) == len(before["data"]) + 1 and full.startswith(prev)
+    others = {n: (flash / n).read_bytes() for n in DirStorage(flash).names() if n != TJ}
+    live_storage = hal.storage
+    scratch = tmp_path / "after-cut"
+    rec_len = len(full) - len(prev)
+    seen = {"before": 0, "after": 0}
+    for k in range(rec_len + 1):
+        if scratch.exists():
+            shutil.rmtree(scratch)
+        scratch.mkdir()
+        for name, data in others.items():
+            (scratch / name).write_bytes(data)
+        (scratch / TJ).write_bytes(full[: len(prev) + k])  # power cut after k bytes of the record
+        hal.storage = DirStorage(scratch)  # the same charger (meter, EV) restarted on that flash
+        restarted = ChargePointCore(AgentConfig("CP1"), hal)
+        [stop] = _queued_stops(restarted)
+        expected = after if k == rec_len else before
+        seen["after" if k == rec_len else "before"] += 1
+        assert stop["reason"] == "PowerLoss" and stop["transactionId"] == expected["local"], k
+        assert stop["meterStop"] == hal.meter_wh(1)
+        assert stop["transactionData"][:-1] == expected["data"], k
+        assert stop["transactionData"][-1]["sampledValue"][0]["context"] == "Transaction.End"
+        # boot folded what it found: an empty snapshot, a journal holding only its header
+        log = TransactionLog(hal)
+        log.load()
+        assert log.records == {} and log.replay_stopped is None
+        snap = json.loads((scratch / TX_STORAGE).read_bytes())
+        assert list(snap) == ["gen"]
+        assert journal.decode_records((scratch / TJ).read_bytes()) == ([{"gen": snap["gen"]}], None)
+    hal.storage = live_storage
+    assert seen == {"before": rec_len, "after": 1}
+
+
+def test_real_power_cut_mid_session_stops_with_every_persisted_sample(tmp_path: Path) -> None:
+    flash = tmp_path / "flash"
+    core, hal, t = _offline_session(flash)
+    for _ in range(200):  # 20 samples: past MAX_TXN_DATA, the oldest after Transaction.Begin dropped
+        t.advance(1)
+        core.tick()
+    persisted = json.loads(json.dumps(core.connectors[0].tx))
+    assert len(persisted["data"]) == MAX_TXN_DATA
+    hal.power_cut()
+    register = hal.meter_wh(1)
+    hal.power_on()
+    core2 = ChargePointCore(AgentConfig("CP1"), hal)
+    acts = [e["action"] for e in core2.queue.entries]
+    assert acts[0] == START and acts[-1] == STOP and set(acts[1:-1]) == {METER}
+    [stop] = _queued_stops(core2)
+    assert stop["reason"] == "PowerLoss" and stop["meterStop"] == register
+    assert stop["transactionData"][:-1] == persisted["data"]
+    end = stop["transactionData"][-1]["sampledValue"][0]
+    assert end["context"] == "Transaction.End" and end["value"] == str(register)
+    assert core2.connectors[0].tx is None
+    assert list(json.loads((flash / TX_STORAGE).read_bytes())) == ["gen"]  # folded: nothing running
