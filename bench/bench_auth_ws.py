@@ -29,7 +29,10 @@ Accepted/Blocked in `loaded`, Invalid in `baseline_empty`).
 RSS: the gateway's VmRSS/VmHWM (/proc/<pid>/status) at each step; the apply's own memory growth is the applying
 process's peak (VmHWM reset via clear_refs when the apply starts) minus its VmRSS before the apply, the input list
 measured apart. Same-run floors: a bare durable SQLite commit in the same directory, and the same load against a
-plain websockets echo server (bench_ocpp.echo_main) on the gateway's CPU (--skip-echo).
+plain websockets echo server (bench_ocpp.echo_main) on the gateway's CPU (--skip-echo), 1,000 4 KiB fsyncs.
+Where an Authorize's time goes (--applier gateway): the same sitecustomize.py times Csms.authorize, the decision's
+lookups and every store operation's queue wait / run / commit inside the gateway (GatewayProbe, timing only), per
+phase; `authorize_breakdown_loaded` prints them next to the loaded phase's Authorize round trip and the floors.
 
 Prints one JSON object (and --out FILE). Targets (issue #3): Authorize p99 <= 5 ms with the list in place; full list
 <= 15 s; differential <= 1 s; RSS growth from the token list <= 150 MB.
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import functools
 import itertools
 import json
@@ -338,6 +342,127 @@ SITECUSTOMIZE = (
 )
 
 
+PROBE_OP = "bench_probe"
+# Labels of the store operations the probe tells apart (a context variable set by the code that submits them).
+LABEL_AUTHORIZE, LABEL_LIST, LABEL_OTHER = "authorize", "list_apply", "other"
+STORE_LABEL: contextvars.ContextVar[str] = contextvars.ContextVar("bench_store_label", default=LABEL_OTHER)
+
+
+class GatewayProbe:
+    """Inside the gateway process (bench only, installed by install_gateway_hook): where an Authorize's time goes.
+
+    - handler_ms: Csms.authorize from call to return (decision + whatever it awaits before answering);
+    - lookup_ms: AuthService._facts, the decision's SQLite lookups (list, manual, cache) on the event loop;
+    - decision_ms: the decision's own latency_ms (lookup + evaluate);
+    - store ops, per label (an Authorize's decision record, the list apply's chunks, everything else):
+      queue_wait_ms = submitted -> its fn starts on the writer thread (waiting behind the commit in flight and the
+      ops before it), run_ms = the fn itself, commit_wait_ms = fn done -> future settled (the rest of its group +
+      COMMIT, i.e. the fsync), submit_to_commit_ms = the whole;
+    - commits / ops of the store (group commit: ops per commit).
+    Each take() returns the figures since the previous one and starts afresh (one per phase)."""
+
+    def __init__(self) -> None:
+        self.store: Any = None
+        self.data: dict[str, list[float]] = {}
+        self.commits0 = 0
+        self.ops0 = 0
+
+    def add(self, key: str, ms: float) -> None:
+        d = self.data
+        lst = d.get(key)
+        if lst is None:
+            lst = d[key] = []
+        lst.append(ms)
+
+    def take(self) -> dict[str, Any]:
+        data, self.data = self.data, {}
+        out: dict[str, Any] = {k: _summary(v) for k, v in sorted(data.items())}
+        if self.store is not None:
+            commits, ops = self.store.commits, self.store.ops
+            out["store_commits"] = commits - self.commits0
+            out["store_ops"] = ops - self.ops0
+            out["store_ops_per_commit"] = (
+                round((ops - self.ops0) / (commits - self.commits0), 2) if commits > self.commits0 else None
+            )
+            self.commits0, self.ops0 = commits, ops
+        return out
+
+
+def _install_probe() -> GatewayProbe:
+    import gateway.auth.service as service
+    import gateway.csms as csms
+    import gateway.store as store_mod
+
+    probe = GatewayProbe()
+    label = STORE_LABEL
+    clock = time.perf_counter
+
+    orig_submit = store_mod.Store.submit
+
+    def submit(self: Any, fn: Any) -> Any:
+        what = label.get()
+        t_submit = clock()
+        times = [0.0, 0.0]
+
+        def timed(conn: Any) -> Any:
+            times[0] = clock()
+            try:
+                return fn(conn)
+            finally:
+                times[1] = clock()
+
+        fut = orig_submit(self, timed)
+
+        def settled(_f: Any) -> None:
+            t = clock()
+            if times[0]:
+                probe.add(f"store_{what}_queue_wait_ms", (times[0] - t_submit) * 1000.0)
+                probe.add(f"store_{what}_run_ms", (times[1] - times[0]) * 1000.0)
+                probe.add(f"store_{what}_commit_wait_ms", (t - times[1]) * 1000.0)
+                probe.add(f"store_{what}_submit_to_commit_ms", (t - t_submit) * 1000.0)
+
+        fut.add_done_callback(settled)
+        return fut
+
+    store_mod.Store.submit = submit  # type: ignore[method-assign]
+
+    orig_authorize = csms.Csms.authorize
+
+    async def authorize(self: Any, st: Any, p: Any) -> Any:
+        token = label.set(LABEL_AUTHORIZE)
+        t0 = clock()
+        try:
+            return await orig_authorize(self, st, p)
+        finally:
+            probe.add("handler_ms", (clock() - t0) * 1000.0)
+            label.reset(token)
+
+    csms.Csms.authorize = authorize  # type: ignore[method-assign]
+
+    orig_facts = service.AuthService._facts
+
+    def facts(self: Any, token: str, transaction_id: Any) -> Any:
+        t0 = clock()
+        try:
+            return orig_facts(self, token, transaction_id)
+        finally:
+            if label.get() == LABEL_AUTHORIZE:
+                probe.add("lookup_ms", (clock() - t0) * 1000.0)
+
+    service.AuthService._facts = facts  # type: ignore[method-assign]
+
+    orig_decide = service.AuthService.decide
+
+    async def decide(self: Any, *a: Any, **kw: Any) -> Any:
+        d = await orig_decide(self, *a, **kw)
+        if label.get() == LABEL_AUTHORIZE:
+            probe.add("decision_ms", d.latency_ms)
+        return d
+
+    service.AuthService.decide = decide  # type: ignore[method-assign]
+    return probe
+
+
 def install_gateway_hook() -> None:
     import gateway.app as app
 
@@ -348,16 +473,28 @@ def install_gateway_hook() -> None:
 
         service.LIST_CHUNK = int(chunk)  # type: ignore[misc]
 
+    probe = _install_probe()
+
     def init(self: Any, *a: Any, **kw: Any) -> None:
         original(self, *a, **kw)
         applier = ListApplier(self.auth.apply_token_list)
+        probe.store = self.store
+        probe.commits0, probe.ops0 = self.store.commits, self.store.ops
 
         async def op(req: dict[str, Any]) -> Any:
             if req["action"] == "prepare":
                 return applier.prepare(req["tokens"], req["diff"])
-            return await applier.apply(req["kind"], req["version"], req.get("base_version"))
+            token = STORE_LABEL.set(LABEL_LIST)
+            try:
+                return await applier.apply(req["kind"], req["version"], req.get("base_version"))
+            finally:
+                STORE_LABEL.reset(token)
+
+        async def take(req: dict[str, Any]) -> Any:
+            return probe.take()
 
         self.control.register(GATEWAY_OP, op)
+        self.control.register(PROBE_OP, take)
 
     app.Gateway.__init__ = init  # type: ignore[method-assign]
 
@@ -446,13 +583,17 @@ class LoadWorkers(Workers):
         self.procs = [p]
 
 
-def durable_commit_floor(directory: Path, n: int = 300) -> dict[str, Any]:
+# Single-row commits / fsyncs of the same-run disk floors (issue #3 analysis: 1,000 of each).
+FLOOR_SAMPLES = 1000
+
+
+def durable_commit_floor(directory: Path, n: int = FLOOR_SAMPLES, name: str = "floor.db") -> dict[str, Any]:
     """A bare one-row INSERT + COMMIT on a SQLite file set up like the gateway's store (WAL, synchronous=FULL) in
-    the same directory: the floor under any answer that is stored durably before it is sent (Authorize records its
-    decision, MeterValues its samples)."""
+    the same directory: the floor under any answer that is stored durably before it is sent (MeterValues its
+    samples, an Authorize that must be durable its decision)."""
     import sqlite3
 
-    conn = sqlite3.connect(directory / "floor.db", isolation_level=None)
+    conn = sqlite3.connect(directory / name, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB)")
@@ -464,6 +605,22 @@ def durable_commit_floor(directory: Path, n: int = 300) -> dict[str, Any]:
         conn.execute("COMMIT")
         ms.append((time.perf_counter() - t0) * 1000.0)
     conn.close()
+    return _summary(ms)
+
+
+def fsync_floor(directory: Path, n: int = FLOOR_SAMPLES) -> dict[str, Any]:
+    """A 4 KiB append + os.fsync on a plain file in the same directory: what one WAL commit must wait for."""
+    fd = os.open(directory / "fsync.bin", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+    block = os.urandom(4096)
+    ms = []
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            os.write(fd, block)
+            os.fsync(fd)
+            ms.append((time.perf_counter() - t0) * 1000.0)
+    finally:
+        os.close(fd)
     return _summary(ms)
 
 
@@ -618,6 +775,7 @@ def main() -> int:
         },
     }
     marks: list[tuple[str, float, float, dict[str, tuple[int, int]]]] = []
+    probes: dict[str, Any] = {}
 
     with tempfile.TemporaryDirectory(prefix="bench-auth-ws-") as tmp:
         env = {"PYTHONWARNINGS": "ignore"}
@@ -637,6 +795,7 @@ def main() -> int:
             cpu=server_cpu,
             env=env,
         )
+        report["fsync_floor_ms"] = fsync_floor(Path(tmp))
         report["durable_commit_floor_ms"] = durable_commit_floor(Path(tmp))
         gw.start(timeout=120)
         report["gateway_pid"] = gw.pid
@@ -664,6 +823,10 @@ def main() -> int:
 
             def mark(name: str) -> None:
                 marks.append((name, time.perf_counter(), cpu_seconds(gw.pid), _cpu_ticks()))
+                # the gateway-side breakdown since the previous mark belongs to the phase that just ended
+                took = gw.control({"op": PROBE_OP})
+                if len(marks) > 1 and took.get("ok"):
+                    probes[marks[-2][0]] = took["result"]
 
             common = {
                 "rate": args.rate,
@@ -716,6 +879,8 @@ def main() -> int:
         finally:
             applier.close()
             gw.stop()
+            # the disk floor again, after the run (the same disk, other engineers' load may have changed)
+            report["durable_commit_floor_after_ms"] = durable_commit_floor(Path(tmp), name="floor_after.db")
             try:
                 if echo_workers is not None:
                     report["echo"] = run_echo(ctx, echo_workers, args, common, server_cpu)
@@ -733,6 +898,8 @@ def main() -> int:
         # per-core busy share from the ticks at the phase start to the next mark (approximated at the end)
         phases[name] = phase_report(stopped["phases"][name], t1 - t0, c1 - c0, {})
         phases[name]["cpu_busy_all_processes"] = _busy_between(k0, _k1)
+        if name in probes:
+            phases[name]["gateway_breakdown"] = probes[name]
     report["phases"] = phases
     report["full_list"] = full
     report["differential"] = diff
@@ -766,6 +933,7 @@ def main() -> int:
             "p50": round(loaded["p50"] / e["p50"], 2) if loaded["p50"] and e["p50"] else None,
             "p99": round(loaded["p99"] / e["p99"], 2) if loaded["p99"] and e["p99"] else None,
         }
+    report["authorize_breakdown_loaded"] = breakdown(report, phases["loaded"])
     report["ratio_loaded_to_empty_store"] = {
         "authorize_p50": round(loaded["p50"] / base["p50"], 2) if loaded["p50"] and base["p50"] else None,
         "authorize_p99": round(loaded["p99"] / base["p99"], 2) if loaded["p99"] and base["p99"] else None,
@@ -800,6 +968,37 @@ def main() -> int:
     if args.out:
         args.out.write_text(text + "\n")
     return 0
+
+
+def breakdown(report: dict[str, Any], phase: dict[str, Any]) -> dict[str, Any]:
+    """The loaded phase's Authorize round trip next to its parts and floors (p50 / p99, ms): where the time goes."""
+
+    def pp(x: dict[str, Any] | None) -> list[Any] | None:
+        return None if not x or not x.get("n") else [x["p50"], x["p99"]]
+
+    g = phase.get("gateway_breakdown", {})
+    echo = report.get("echo", {})
+    return {
+        "_": "[p50, p99] ms; handler = Csms.authorize inside the gateway (what the answer waited for); store_authorize_* "
+        "= an Authorize's decision-record op on the writer thread, whether the answer waited for it or not; floors: "
+        "4 KiB fsync, bare WAL synchronous=FULL commit (same filesystem), echo server (same load)",
+        "authorize_rtt_all": pp(phase["authorize_rtt_ms"]),
+        "authorize_rtt_listed": pp(phase["authorize_listed_rtt_ms"]),
+        "authorize_rtt_unknown": pp(phase["authorize_unknown_rtt_ms"]),
+        "echo_authorize_rtt": pp(echo.get("authorize_rtt_ms")),
+        "gateway_handler": pp(g.get("handler_ms")),
+        "decision_lookup": pp(g.get("lookup_ms")),
+        "decision_total": pp(g.get("decision_ms")),
+        "store_authorize_queue_wait": pp(g.get("store_authorize_queue_wait_ms")),
+        "store_authorize_commit_wait": pp(g.get("store_authorize_commit_wait_ms")),
+        "store_authorize_submit_to_commit": pp(g.get("store_authorize_submit_to_commit_ms")),
+        "store_other_submit_to_commit": pp(g.get("store_other_submit_to_commit_ms")),
+        "store_ops_per_commit": g.get("store_ops_per_commit"),
+        "fsync_4k_floor": pp(report.get("fsync_floor_ms")),
+        "durable_commit_floor": pp(report.get("durable_commit_floor_ms")),
+        "durable_commit_floor_after_run": pp(report.get("durable_commit_floor_after_ms")),
+        "other_traffic_rtt": pp(phase["other_rtt_ms"]),
+    }
 
 
 def _busy_between(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, float]:

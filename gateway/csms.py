@@ -72,6 +72,11 @@ class Authorizer(Protocol):
         self, conn: sqlite3.Connection, decision: Any, *, transaction_id: int | None = None
     ) -> None: ...
 
+    async def record_authorize(self, decision: Any) -> None:
+        """Record an Authorize decision: durably before returning when it created state (an offline or eMSP
+        acceptance), otherwise queued to the store's next commit (docs/authorization.md)."""
+        ...
+
 
 class SessionMeterCheck(Protocol):
     """Optional: a connector meter's view of each session (gateway/meters/session_energy.py)."""
@@ -401,7 +406,7 @@ class Csms:
     async def authorize(self, st: ConnectionState, p: dict[str, Any]) -> Reply:
         id_tag = p["idTag"]
         decision = await self.authorizer.decide(st.charger_id, id_tag, purpose="authorize")
-        await self.store.write(lambda conn: self.authorizer.record(conn, decision))
+        await self.authorizer.record_authorize(decision)
         log.info(
             "%s Authorize %s -> %s (%s)", st.charger_id, mask_token(id_tag), decision.status, decision.source
         )

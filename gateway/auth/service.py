@@ -3,7 +3,10 @@
 Thin I/O around the pure decision (gateway/auth/decision.py): it reads the facts from SQLite (a few primary-key
 lookups on this thread's read connection, so a token added by `chargegate tokens add` from another process counts
 at the very next decision), asks the eMSP within the budget when the decision needs it, and hands the handler an
-`AuthDecision` to persist with `record(conn, ...)` inside the handler's own transaction.
+`AuthDecision` to persist with `record(conn, ...)` inside the handler's own transaction (StartTransaction,
+StopTransaction), or with `record_authorize(decision)` for an Authorize, which is durable before the answer only when
+it lets in a token the store does not vouch for (`answer_before_commit`; docs/authorization.md, "What is durable
+before the answer").
 
 A supervisor task (started by `start()`) re-checks sessions started under the offline policy once the eMSP is
 reachable, enforces accept_limited caps with RemoteStopTransaction, and notices token-list changes made by other
@@ -34,6 +37,7 @@ from gateway.auth.decision import (
     Policy,
     Purpose,
     Request,
+    Source,
     evaluate,
 )
 from gateway.auth.emsp import EmspAuthAnswer, EmspAuthorizer
@@ -79,7 +83,27 @@ PRUNE_BATCH: Final = 10_000
 # writes both within milliseconds); a reservation whose record never came is forgotten after this long.
 RESERVATION_S: Final = 30.0
 
+# Sources of an answer that is reproducible from committed data: the store's local list (eMSP list, manual tokens)
+# and the authorization cache, read on a WAL reader connection, which sees committed (synchronous=FULL: fsynced)
+# transactions only.
+DURABLE_SOURCES: Final[frozenset[Source]] = frozenset({"local_list", "manual", "cache"})
+
 ListListener = Callable[[], None]
+
+
+def answer_before_commit(decision: AuthDecision) -> bool:
+    """Whether an Authorize may be answered before its decision record and AUTH_DECISION event are committed.
+
+    Yes when the decision changes no state and creates no obligation: an answer from committed data (the local list,
+    manual tokens, the authorization cache: any status -- it can be derived from the store again after a crash), and
+    any refusal (Invalid / Blocked / Expired from the offline policy, its concurrency cap, the eMSP or a malformed
+    idTag: it permits nothing). No when the answer lets in a token the store does not vouch for: Accepted by the
+    offline policy (the charger may cache it, the eMSP must learn of it) or by the eMSP (its cache entry is not
+    committed yet). Starts and stops never: they are recorded in the StartTransaction / StopTransaction's own
+    transaction, with the session."""
+    if decision.purpose != "authorize":
+        return False
+    return decision.source in DURABLE_SOURCES or not decision.accepted
 
 
 def policy_from(settings: AuthSection) -> Policy:
@@ -122,6 +146,9 @@ class AuthService:
         # thread), so two chargers starting at once cannot both take the last limited slot
         self._reservations: list[float] = []
         self._reservations_lock = threading.Lock()
+        # Authorize records queued but not yet committed (settled on the store's writer thread)
+        self._pending_records: set[Future[None]] = set()
+        self._pending_lock = threading.Lock()
 
     # -- wiring ---------------------------------------------------------------------------------------------------
     def set_emsp(self, emsp: EmspAuthorizer | None) -> None:
@@ -151,6 +178,7 @@ class AuthService:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        await self.flush_records()
 
     # -- decisions --------------------------------------------------------------------------------------------------
     def _facts(self, token: str, transaction_id: int | None) -> tuple[Facts, tuple[str, str | None] | None]:
@@ -307,8 +335,43 @@ class AuthService:
             _end_offline_session(conn, tx)
 
     async def record_async(self, decision: AuthDecision, *, transaction_id: int | None = None) -> None:
-        """record() in its own transaction (for an Authorize, which has no transaction row to share)."""
+        """record() in its own transaction, returning once it is committed."""
         await self._store.write(lambda c: self.record(c, decision, transaction_id=transaction_id))
+
+    async def record_authorize(self, decision: AuthDecision) -> None:
+        """Persist an Authorize's decision: record() in its own transaction (the row and its AUTH_DECISION event,
+        atomically). When `answer_before_commit(decision)` the transaction is queued to the store at once and this
+        returns without waiting for it: it goes into the writer's next group commit, after everything queued
+        before it and before anything queued after it (so before the charger's next message is stored). Otherwise
+        this returns once the transaction is committed. A queued record that fails is logged (the answer has
+        gone out); `flush_records()` waits for the queued ones."""
+        if not answer_before_commit(decision):
+            await self._store.write(lambda c: self.record(c, decision))
+            return
+        fut: Future[None] = self._store.submit(lambda c: self.record(c, decision))
+        with self._pending_lock:
+            self._pending_records.add(fut)
+        fut.add_done_callback(functools.partial(self._record_settled, decision=decision))
+
+    def _record_settled(self, fut: Future[None], decision: AuthDecision) -> None:
+        with self._pending_lock:
+            self._pending_records.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None:
+            log.warning(
+                "decision record of the Authorize of %s at %s (answered %s) failed: %s",
+                mask(decision.id_tag),
+                decision.charger_id,
+                decision.status,
+                fut.exception(),
+            )
+
+    async def flush_records(self) -> None:
+        """Wait until every Authorize record queued so far by record_authorize() is committed (or has failed)."""
+        with self._pending_lock:
+            pending = list(self._pending_records)
+        if pending:
+            # asyncio.wait: cancelling this waiter leaves the store's futures (and their writes) alone
+            await asyncio.wait([asyncio.wrap_future(f) for f in pending])
 
     def on_transaction_started(self, transaction_id: int, decision: AuthDecision) -> None:
         """After the StartTransaction commit: lets the supervisor look at a new offline-policy session now."""
@@ -612,7 +675,7 @@ def _end_offline_session(conn: sqlite3.Connection, tx: int) -> None:
 
 
 def _log_failure(fut: Future[Any]) -> None:
-    if fut.exception() is not None:
+    if not fut.cancelled() and fut.exception() is not None:
         log.warning("auth store write failed: %s", fut.exception())
 
 
