@@ -13,7 +13,7 @@ import json
 
 from agent import configkeys, connector, ocppj
 from agent.compat import const, is_int, iso_utc, mask_token, parse_iso
-from agent.journal import NO_BASE, Journal
+from agent.journal import Journal
 from agent.localauth import LocalAuth, clean_id_tag_info, effective_status
 from agent.txqueue import METER, START, STOP, TxQueue
 
@@ -184,16 +184,7 @@ class TransactionLog:
             for k in snap:
                 if k != "gen":
                     self.records[k] = snap[k]
-        elif recs:
-            recs = []  # deltas without their base: start empty, as with any corrupt blob
-            self._journal.stopped = NO_BASE
-        for rec in recs:
-            try:
-                self._apply(rec)
-            except (KeyError, IndexError, TypeError, ValueError, AttributeError):
-                # a valid CRC with content this code cannot apply: keep the state of the records before it
-                self._journal.stopped = "unusable"
-                break
+        self._journal.replay(recs, self._apply, snap is not None)
         self.replay_stopped = self._journal.stopped
 
     @property

@@ -57,6 +57,7 @@ TORN = "torn"  # the last record is incomplete or fails its CRC: a power cut dur
 CORRUPT = "corrupt"  # a damaged record with more bytes after it
 STALE = "stale"  # the journal belongs to another snapshot generation
 NO_BASE = "no-base"  # records present but the snapshot is missing or corrupt
+UNUSABLE = "unusable"  # a record with a valid CRC whose content the owner could not apply
 
 _TABLE = []  # type: list[int]
 
@@ -174,6 +175,20 @@ class Journal:
         self.size = len(jraw) if clean and jraw is not None else None
         self.dirty_at_boot = bool(jraw) and not clean
         return snap, body
+
+    def replay(self, records: "list[Any]", apply: "Any", have_base: bool) -> None:
+        """Apply the records `load` returned, in order, with `apply(record)` onto the state the owner restored
+        from the snapshot (`have_base`: it could). Records without their base are skipped (start empty, as with
+        any corrupt blob); a record `apply` cannot use stops replay there, keeping the state of those before it."""
+        if records and not have_base:
+            self.stopped = NO_BASE
+            return
+        for rec in records:
+            try:
+                apply(rec)
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+                self.stopped = UNUSABLE
+                return
 
     def append(self, obj: "Any") -> bool:
         """Append one record; False when the owner must compact instead (journal off, not started, or full)."""

@@ -89,16 +89,12 @@ class LocalAuth:
             except (ValueError, AttributeError):
                 pass
         blob, records = self._journal.load()
+        have_base = False
         if blob is not None and isinstance(blob.get("cache"), dict) and is_int(blob.get("counter")):
+            have_base = True
             self.cache = blob["cache"]
             self._counter = blob["counter"]
-        else:
-            records = []  # deltas without their base: start empty, as with any corrupt blob
-        for rec in records:
-            try:
-                self._apply(rec)
-            except (KeyError, IndexError, TypeError, ValueError, AttributeError):
-                break  # keep the state of the records before it (see agent/journal.py)
+        self._journal.replay(records, self._apply, have_base)
         if self._journal.dirty_at_boot:
             self._save_cache()
 

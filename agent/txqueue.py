@@ -21,7 +21,7 @@ Records ("s" = the message sequence counter at that moment, persisted with every
 """
 
 from agent.compat import const, is_int
-from agent.journal import NO_BASE, Journal
+from agent.journal import Journal
 
 try:
     from typing import Any
@@ -62,16 +62,7 @@ class TxQueue:
     # -- persistence ------------------------------------------------------------------------------------
     def _load(self) -> None:
         snap, records = self._journal.load()
-        if (snap is None or not self._load_snapshot(snap)) and records:
-            records = []  # deltas without their base: start empty, as with any corrupt blob
-            self._journal.stopped = NO_BASE
-        for rec in records:
-            try:
-                self._apply(rec)
-            except (KeyError, IndexError, TypeError, ValueError, AttributeError):
-                # a valid CRC with content this code cannot apply: keep the state of the records before it
-                self._journal.stopped = "unusable"
-                break
+        self._journal.replay(records, self._apply, snap is not None and self._load_snapshot(snap))
         self.replay_stopped = self._journal.stopped
         self.dropped_meter_values = 0  # counters of this run only (never persisted)
         self.discarded = 0

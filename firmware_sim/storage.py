@@ -41,13 +41,7 @@ class DirStorage:
             raise ValueError(f"storage blob {name!r} is {len(data)} bytes, more than {MAX_BLOB_BYTES}")
         path = self._path(name)
         tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            _write_all(fd, data)
-            if self.fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+        self._put(tmp, os.O_TRUNC, data)
         os.replace(tmp, path)
         self.writes += 1
 
@@ -62,14 +56,18 @@ class DirStorage:
             size = 0
         if size + len(data) > MAX_BLOB_BYTES:
             raise ValueError(f"storage blob {name!r} would grow past {MAX_BLOB_BYTES} bytes")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._put(path, os.O_APPEND, data)
+        self.appends += 1
+
+    def _put(self, path: Path, mode: int, data: bytes) -> None:
+        """Write `data` to the file (created 0600) opened with O_TRUNC or O_APPEND, fsync'd when asked."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | mode, 0o600)
         try:
             _write_all(fd, data)
             if self.fsync:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        self.appends += 1
 
     def names(self) -> list[str]:
         return sorted(p.name for p in self.dir.iterdir() if p.is_file() and not p.name.endswith(".tmp"))

@@ -820,12 +820,9 @@ def _current_import(meter_values: list[dict[str, Any]]) -> float | tuple[float, 
         best: float | None = None
         for sv in mv["sampledValue"]:
             if sv.get("measurand") == "Current.Import" and sv.get("unit", "A") == "A":
-                try:
-                    value = float(sv["value"])
-                except ValueError:
+                value = _number(sv["value"])  # None for text, "NaN", "inf"
+                if value is None:
                     continue
-                if not math.isfinite(value):
-                    continue  # "NaN"/"inf" parse as floats but say nothing about the current
                 best = value if best is None else max(best, value)
                 phase = sv.get("phase")
                 if phase in ("L1", "L2", "L3"):

@@ -11,59 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flashkit import NamesWritten, offline_session, sim_hal
 
 from agent import journal
 from agent.core import AgentConfig, ChargePointCore
 from agent.txqueue import METER, START, STOP, TxQueue
-from firmware_sim.clock import ManualTime, SimClock
-from firmware_sim.ev import Ev, EvSpec
-from firmware_sim.hal import SimHal
 from firmware_sim.storage import MAX_BLOB_BYTES, DirStorage
 
-SPEC = EvSpec("test", capacity_kwh=60.0, max_ac_power_w=11000.0, phases=3)
-WALL0 = 1_795_000_000.0
 QJ = "txqueue" + journal.SUFFIX
 TJ = "transactions" + journal.SUFFIX
-
-
-def _hal(flash: Path) -> tuple[SimHal, ManualTime]:
-    t = ManualTime()
-    clock = SimClock(1.0, monotonic=t, wall=lambda: WALL0 + t.now)
-    return SimHal("CP1", 1, flash, clock), t
 
 
 def _q_state(q: TxQueue) -> tuple[Any, ...]:
     entries = [(e["action"], e["payload"], e["tx"], e["seq"], e["attempts"]) for e in q.entries]
     return (entries, sorted(q.id_map.items()), q.next_local, q.seq)
-
-
-class _NamesWritten(DirStorage):
-    def __init__(self, directory: Path) -> None:
-        super().__init__(directory)
-        self.written: list[str] = []
-        self.appended: list[str] = []
-
-    def write(self, name: str, data: bytes) -> None:
-        self.written.append(name)
-        super().write(name, data)
-
-    def append(self, name: str, data: bytes) -> None:
-        self.appended.append(name)
-        super().append(name, data)
-
-
-def _offline_core(flash: Path) -> tuple[ChargePointCore, SimHal, ManualTime]:
-    hal, t = _hal(flash)
-    core = ChargePointCore(AgentConfig("CP1"), hal)
-    core.cfg.change("AllowOfflineTxForUnknownId", "true")
-    core.cfg.change("MeterValueSampleInterval", "10")
-    hal.plug_in(1, Ev(SPEC, soc=0.2))
-    hal.tap("OFFLINE-1")
-    for _ in range(3):
-        core.tick()
-        t.advance(1)
-    assert core.status(1) == "Charging" and core.transaction_id(1) is not None
-    return core, hal, t
 
 
 def test_dir_storage_append_creates_0600_and_appends(tmp_path: Path) -> None:
@@ -86,8 +47,8 @@ def test_dir_storage_append_creates_0600_and_appends(tmp_path: Path) -> None:
 
 def test_offline_session_journals_instead_of_rewriting(tmp_path: Path) -> None:
     flash = tmp_path / "flash"
-    core, hal, t = _offline_core(flash)
-    counting = _NamesWritten(flash)
+    core, hal, t = offline_session(flash)
+    counting = NamesWritten(flash)
     hal.storage = counting
     for _ in range(60):
         t.advance(1)
@@ -102,7 +63,7 @@ def test_offline_session_journals_instead_of_rewriting(tmp_path: Path) -> None:
 
 def test_power_cut_at_every_byte_of_the_last_record_on_flash(tmp_path: Path) -> None:
     flash = tmp_path / "flash"
-    core, _hal_unused, t = _offline_core(flash)
+    core, _hal_unused, t = offline_session(flash)
     # tick until one tick appends exactly one record (a periodic MeterValues)
     for _ in range(30):
         before = _q_state(core.queue)
@@ -128,7 +89,7 @@ def test_power_cut_at_every_byte_of_the_last_record_on_flash(tmp_path: Path) -> 
         scratch.mkdir()
         (scratch / "txqueue").write_bytes(snapshot)
         (scratch / QJ).write_bytes(full[: len(prev) + k])  # power cut after k bytes of the record
-        q = TxQueue(_hal(scratch)[0])
+        q = TxQueue(sim_hal(scratch)[0])
         got = _q_state(q)
         if k == rec_len:
             assert got == after, k
@@ -142,7 +103,7 @@ def test_power_cut_at_every_byte_of_the_last_record_on_flash(tmp_path: Path) -> 
 
 def test_restart_after_power_cut_replays_the_journal_and_stops_with_power_loss(tmp_path: Path) -> None:
     flash = tmp_path / "flash"
-    core, hal, t = _offline_core(flash)
+    core, hal, t = offline_session(flash)
     for _ in range(35):
         t.advance(1)
         core.tick()

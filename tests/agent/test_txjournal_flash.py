@@ -11,49 +11,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from flashkit import NamesWritten, offline_session
+
 from agent import journal
 from agent.core import MAX_TXN_DATA, TX_STORAGE, AgentConfig, ChargePointCore, TransactionLog
 from agent.txqueue import METER, START, STOP
-from firmware_sim.clock import ManualTime, SimClock
-from firmware_sim.ev import Ev, EvSpec
-from firmware_sim.hal import SimHal
 from firmware_sim.storage import DirStorage
 
-SPEC = EvSpec("test", capacity_kwh=60.0, max_ac_power_w=11000.0, phases=3)
-WALL0 = 1_795_000_000.0
 TJ = TX_STORAGE + journal.SUFFIX
 QJ = "txqueue" + journal.SUFFIX
-
-
-class _Counting(DirStorage):
-    def __init__(self, directory: Path) -> None:
-        super().__init__(directory)
-        self.written: list[str] = []
-        self.appended: list[str] = []
-
-    def write(self, name: str, data: bytes) -> None:
-        self.written.append(name)
-        super().write(name, data)
-
-    def append(self, name: str, data: bytes) -> None:
-        self.appended.append(name)
-        super().append(name, data)
-
-
-def _offline_session(flash: Path) -> tuple[ChargePointCore, SimHal, ManualTime]:
-    """A charger that starts an offline transaction (unknown id allowed) and samples every 10 s."""
-    t = ManualTime()
-    hal = SimHal("CP1", 1, flash, SimClock(1.0, monotonic=t, wall=lambda: WALL0 + t.now))
-    core = ChargePointCore(AgentConfig("CP1"), hal)
-    core.cfg.change("AllowOfflineTxForUnknownId", "true")
-    core.cfg.change("MeterValueSampleInterval", "10")
-    hal.plug_in(1, Ev(SPEC, soc=0.2))
-    hal.tap("OFFLINE-1")
-    for _ in range(3):
-        core.tick()
-        t.advance(1)
-    assert core.status(1) == "Charging" and core.connectors[0].tx is not None
-    return core, hal, t
 
 
 def _queued_stops(core: ChargePointCore) -> list[dict[str, Any]]:
@@ -62,8 +28,8 @@ def _queued_stops(core: ChargePointCore) -> list[dict[str, Any]]:
 
 def test_each_sample_is_one_appended_record_on_flash(tmp_path: Path) -> None:
     flash = tmp_path / "flash"
-    core, hal, t = _offline_session(flash)
-    counting = _Counting(flash)
+    core, hal, t = offline_session(flash)
+    counting = NamesWritten(flash)
     hal.storage = counting
     for _ in range(60):
         t.advance(1)
@@ -79,7 +45,7 @@ def test_each_sample_is_one_appended_record_on_flash(tmp_path: Path) -> None:
 
 def test_power_cut_at_every_byte_of_the_last_sample_on_flash(tmp_path: Path) -> None:
     flash = tmp_path / "flash"
-    core, hal, t = _offline_session(flash)
+    core, hal, t = offline_session(flash)
     for _ in range(25):
         t.advance(1)
         core.tick()
@@ -125,7 +91,7 @@ def test_power_cut_at_every_byte_of_the_last_sample_on_flash(tmp_path: Path) -> 
 
 def test_real_power_cut_mid_session_stops_with_every_persisted_sample(tmp_path: Path) -> None:
     flash = tmp_path / "flash"
-    core, hal, t = _offline_session(flash)
+    core, hal, t = offline_session(flash)
     for _ in range(200):  # 20 samples: past MAX_TXN_DATA, the oldest after Transaction.Begin dropped
         t.advance(1)
         core.tick()
