@@ -11,9 +11,18 @@ loopback port, enables the gateway's MQTT uplink (docs/uplink.md) and runs a sim
 in this process: the sessions must arrive there too, each exactly once after de-duplication and in seq order.
 `--no-emsp` runs without it.
 
+The site has a grid connection with a limit and a building behind it (firmware_sim/demo_load.py): simulated Modbus
+meters on ptys (a grid meter and one per connector, several catalog models) follow the chargers' actual draw and a
+stepping building load, and the gateway's load management shares the limit among the sessions with charging
+profiles. The table shows the site current (ground truth and what the grid meter answered) against the limit and,
+per connector, the current the charger offers next to what its EV draws; the summary reports the peak, the time
+above the limit, the profiles sent, the sessions queued at 0 A and the gateway's billing check of the chargers'
+energy against their meters. `--no-load-management` runs without meters and limit.
+
     chargegate demo                           # 5 chargers, live table
     chargegate demo --chargers 8 --duration 30 --json     # headless: one JSON object, exit 1 on any error
     chargegate demo --no-emsp                 # no MQTT broker, no eMSP
+    chargegate demo --site-limit 32           # a tighter grid connection (A per phase)
 """
 
 from __future__ import annotations
@@ -35,7 +44,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from firmware_sim import demo_load
 from firmware_sim.broker import Mosquitto, mosquitto_binary
+from firmware_sim.demo_load import DemoSite, Outage, connector_phases
 from firmware_sim.emsp import GatewayView, SimEmsp
 from firmware_sim.fleet import ChargerCreds, Fleet, mask_token
 from firmware_sim.gateway_runner import GatewayRunner, GatewayStartError
@@ -70,6 +81,14 @@ DB_NAME = "chargegate.db"
 SITE_ID = "demo-site"  # also the uplink's gateway id (chargegate/v1/demo-site/...)
 
 
+def site_chargers(chargers: int, connectors: int) -> list[ChargerCreds]:
+    """CP01..CPnn with generated passwords; odd ones have `connectors` connectors, even ones one fewer."""
+    return [
+        ChargerCreds(f"CP{i:02d}", secrets.token_urlsafe(24), connectors if i % 2 else max(1, connectors - 1))
+        for i in range(1, chargers + 1)
+    ]
+
+
 def new_token(rng: secrets.SystemRandom) -> str:
     """A 7-byte ISO 14443 UID as 14 hex digits, like most RFID cards."""
     return "04" + "".join(f"{rng.randrange(256):02X}" for _ in range(6))
@@ -81,12 +100,11 @@ def write_site(
     connectors: int,
     tokens_per_charger: int = 2,
     mqtt_port: int | None = None,
+    site: DemoSite | None = None,
 ) -> tuple[Path, list[ChargerCreds], list[str]]:
+    """The site config; with `site`, its meters and [load] (the site's chargers must be `site_chargers(...)`)."""
     rng = secrets.SystemRandom()
-    creds = [
-        ChargerCreds(f"CP{i:02d}", secrets.token_urlsafe(24), connectors if i % 2 else max(1, connectors - 1))
-        for i in range(1, chargers + 1)
-    ]
+    creds = site.creds if site is not None else site_chargers(chargers, connectors)
     tokens = sorted({new_token(rng) for _ in range(chargers * tokens_per_charger)})
     data_dir = workdir / "data"
     lines = [
@@ -120,6 +138,8 @@ def write_site(
             f"port = {mqtt_port}",
             f"reconnect_max = {DEMO_UPLINK_RECONNECT_MAX_S}",
         ]
+    if site is not None:
+        lines += site.config_lines()
     path = workdir / "site.toml"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the chargers' passwords
     with os.fdopen(fd, "w") as f:
@@ -348,8 +368,13 @@ def render_table(
     ansi: bool,
     title: str = "chargegate demo",
     emsp: DemoEmsp | None = None,
+    site: DemoSite | None = None,
 ) -> str:
+    """The live table; with `site`, the site current against its limit, the grid meter and the gateway's
+    allocation. Per connector, `offer A` is the current the charger offers on the pilot (its charging profiles'
+    limit) and `draw A` what the EV takes (highest phase)."""
     rows = fleet.rows()
+    chargers = {c.id: c for c in fleet.chargers}
     total_kw = sum(r["kw"] for r in rows)
     sim_h = fleet.clock.sim() / 3600.0
     head = (
@@ -359,9 +384,12 @@ def render_table(
     lines = [head]
     if emsp is not None:
         lines.append(emsp.line())
+    if site is not None:
+        lines += site.table_lines(ansi)
     lines.append("")
     lines.append(
         f"{'charger':<8} {'conn':>4}  {'status':<14} {'token':<12} {'kW':>6} {'kWh':>7} {'SoC':>5}  {'tx':>5}"
+        f"  {'offer A':>7} {'draw A':>6}"
     )
     for r in rows:
         status = r["status"] or "-"
@@ -380,8 +408,13 @@ def render_table(
             shown = f"{status:<14}"
         soc = "" if r["soc"] is None else f"{r['soc'] * 100:4.0f}%"
         tx = "" if r["tx"] is None else str(r["tx"])
+        sc = chargers[r["charger"]].hal.connector(r["connector"])
+        offer = f"{sc.offered_amps:7.1f}"
+        if ansi and r["tx"] is not None and sc.offered_amps < demo_load.MIN_CURRENT_A:
+            offer = f"\x1b[33m{offer}\x1b[0m"  # a session queued at 0 A (or paused by its profile)
         lines.append(
             f"{r['charger']:<8} {r['connector']:>4}  {shown} {r['token']:<12} {r['kw']:6.1f} {r['kwh']:7.2f} {soc:>5}  {tx:>5}"
+            f"  {offer} {max(connector_phases(sc)):6.1f}"
         )
     return "\n".join(lines)
 
@@ -394,13 +427,16 @@ async def live_display(
     stop: asyncio.Event,
     title: str = "chargegate demo",
     emsp: DemoEmsp | None = None,
+    site: DemoSite | None = None,
 ) -> None:
     ansi = out.isatty()
     last_plain = 0.0
     while not stop.is_set():
         elapsed = time.monotonic() - started
         if ansi:
-            out.write("\x1b[H\x1b[2J" + render_table(fleet, elapsed, duration, True, title, emsp) + "\n")
+            out.write(
+                "\x1b[H\x1b[2J" + render_table(fleet, elapsed, duration, True, title, emsp, site) + "\n"
+            )
             out.flush()
         elif elapsed - last_plain >= PLAIN_PROGRESS_S:
             last_plain = elapsed
@@ -410,6 +446,8 @@ async def live_display(
             if emsp is not None:
                 st = emsp.stats()
                 at_emsp = f", eMSP {st['sessions']} sessions / {st['events']} events"
+            if site is not None:
+                at_emsp += f", site {max(site.sample.site):.1f}/{site.limit:g} A"
             out.write(
                 f"[{elapsed:5.1f} s] {charging}/{len(rows)} connectors charging, "
                 f"{sum(r['kw'] for r in rows):.1f} kW, {len(fleet.visits)} visits{at_emsp}, "
@@ -489,6 +527,7 @@ def print_summary(
         )
     elif summary.get("emsp_note"):
         out.write(f"eMSP: {summary['emsp_note']}\n")
+    print_load_summary(summary, out)
     if summary["errors"]:
         out.write(f"\n{summary['errors']} ERRORS:\n")
         for e in summary["error_messages"]:
@@ -496,6 +535,101 @@ def print_summary(
     else:
         out.write("No errors.\n")
     out.flush()
+
+
+def print_load_summary(summary: dict[str, Any], out: TextIO) -> None:
+    if not summary.get("load_management"):
+        if summary.get("load_management_note"):
+            out.write(f"Load management: {summary['load_management_note']}\n")
+        return
+    steps = ", ".join(f"{a:g} A at {t:g} s" for t, a in summary["building_load_steps"])
+    out.write(
+        f"\nLoad management: site limit {summary['site_limit_a']:g} A per phase; building load (L1) {steps}.\n"
+        f"  Site current (ground truth, sampled every {demo_load.SAMPLE_S:g} s): peak {summary['site_peak_a']:.1f} A "
+        f"at {summary['site_peak_at_s']} s; above the limit {summary['site_above_limit_s']:.1f} s in "
+        f"{summary['site_excursions']} excursion(s) while the gateway ran, the longest "
+        f"{summary['site_longest_excursion_s']:.1f} s (settling: the gateway sees a step at its next meter reading, "
+        "then the chargers follow the new profile)"
+        + (
+            f"; {summary['site_above_limit_gateway_down_s']:.1f} s while the gateway was down"
+            if summary["site_excursions_gateway_down"]
+            else ""
+        )
+        + ".\n"
+    )
+    for e in summary["site_excursion_list"]:
+        after = "; ".join(e["after"]) or "nothing else in the preceding seconds"
+        down = " (gateway down)" if e["gateway_down"] else ""
+        out.write(
+            f"    {e['at_s']:6.1f} s  {e['duration_s']:5.2f} s up to {e['peak_a']:.1f} A{down}, after: {after}\n"
+        )
+    queued = summary["queued_transactions"]
+    out.write(
+        f"  {summary['set_charging_profile_frames']} SetChargingProfile received by the chargers "
+        f"({summary['tx_profiles']} TxProfile for {summary['sessions_profiled']} sessions, "
+        f"{summary['tx_default_profiles']} TxDefaultProfile); "
+        f"{summary['sessions_queued']} sessions queued at 0 A at some point"
+        + (
+            f" (tx {', '.join(str(t) for t in queued[:12])}{', ...' if len(queued) > 12 else ''})"
+            if queued
+            else ""
+        )
+        + f"; the gateway's allocation rounds seen: {summary['load_modes'] or 'none'}.\n"
+    )
+    polls = summary["gateway_meter_polls_ok"]
+    out.write(
+        f"  Meters: grid + {summary['meters'] - 1} charger meters ({', '.join(summary['meter_models'])}) for "
+        f"{summary['metered_connectors']} connectors answered {summary['meter_reads_answered']} Modbus reads"
+        + (
+            f"; the gateway counted {polls} good polls"
+            + (" since its restart" if summary["gateway_restarts"] else "")
+            + f", line counters {summary['gateway_meter_line']}"
+            if polls is not None
+            else ""
+        )
+        + ".\n"
+    )
+    for o in summary["gateway_outages"]:
+        if o["fell_back_after_s"] is not None:
+            out.write(
+                f"  Gateway killed at {o['killed_at_s']} s: every charger fell back to its TxDefaultProfile "
+                f"({demo_load.SAFE_CURRENT_A:g} A) {o['fell_back_after_s']} s later ({o['drawing_at_fallback']} "
+                f"connectors drawing); back after {o['down_s']} s. Worst case with the gateway down: every connector "
+                f"at that current plus the building's peak = {summary['fail_safe_worst_case_a']:g} A, "
+                + (
+                    "within the limit"
+                    if summary["fail_safe_worst_case_a"] <= summary["site_limit_a"]
+                    else "above the limit (the gateway warns about that at start)"
+                )
+                + ".\n"
+            )
+        else:
+            out.write(
+                f"  Gateway killed at {o['killed_at_s']} s: NOT every charger fell back: {o['not_fallen_back']}\n"
+            )
+    if "billing_checked" in summary:
+        late = summary["billing_flagged_late"]
+        out.write(
+            f"  Billing check (the charger's own meter against its Modbus meter, per session, by the gateway; "
+            f"tolerance {summary['billing_tolerance_wh']:.0f} Wh: the gateway's default "
+            f"{demo_load.BILLING_BASE_TOLERANCE_WH:g} Wh plus what a connector delivers at "
+            f"{demo_load.CONNECTOR_MAX_A * 230 * 3 / 1000:.0f} kW at x{summary['speed']:g} between two readings): "
+            f"{summary['billing_checked']} sessions checked, {summary['billing_within_tolerance']} within tolerance "
+            f"(largest difference {summary['billing_largest_difference_wh']:.0f} Wh), {summary['billing_flagged']} flagged"
+            + (
+                f" ({late} delivered late from an offline queue: the meter was read at another moment)"
+                if late
+                else ""
+            )
+            + f", {summary['billing_no_meter_reading']} without a fresh meter reading at start or stop"
+            + f", {summary['billing_no_charger_figure']} billed by the meter (the charger reported 0 -> 0 Wh)"
+            + (
+                ""
+                if summary["billing_emsp_flags_agree"] is None
+                else f"; the eMSP's session.stopped flags {'agree' if summary['billing_emsp_flags_agree'] else 'DISAGREE'}"
+            )
+            + ".\n"
+        )
 
 
 # -- the run ----------------------------------------------------------------------------------------------------
@@ -539,9 +673,35 @@ async def run_site(
     emsp_note: str | None,
     errors: list[str],
 ) -> dict[str, Any]:
+    site: DemoSite | None = None
+    if not args.no_load_management:
+        site = DemoSite(
+            site_chargers(args.chargers, args.connectors),
+            args.site_limit if args.site_limit is not None else demo_load.default_site_limit(args.chargers),
+            args.duration,
+            args.speed,
+        )
+        site.open_buses()
+    try:
+        return await run_gateway_and_fleet(args, workdir, out, emsp, emsp_note, errors, site)
+    finally:
+        if site is not None:
+            await site.close()
+
+
+async def run_gateway_and_fleet(
+    args: argparse.Namespace,
+    workdir: Path,
+    out: TextIO,
+    emsp: DemoEmsp | None,
+    emsp_note: str | None,
+    errors: list[str],
+    site: DemoSite | None,
+) -> dict[str, Any]:
     config_path, creds, tokens = write_site(
-        workdir, args.chargers, args.connectors, mqtt_port=emsp.port if emsp is not None else None
+        workdir, args.chargers, args.connectors, mqtt_port=emsp.port if emsp is not None else None, site=site
     )
+    load_off = demo_load.no_load_fields("off (--no-load-management)")
     if emsp is not None:
         emsp.emsp.tokens = {t: "Accepted" for t in tokens}  # the gateway may ask it online
     gateway = GatewayRunner(config_path, workdir / "gateway.log")
@@ -562,6 +722,7 @@ async def run_site(
             "charger_reboots": 0,
             "gateway_restarts": 0,
             **emsp_fields(emsp, emsp_note),
+            **(site.fields() if site is not None else load_off),
         }
     fleet = Fleet(
         creds,
@@ -573,10 +734,17 @@ async def run_site(
         seed=args.seed,
         scenarios=args.scenario,
         links=True,  # every charger has its own network, so outages and power cuts drop only its TCP link
+        frame_hook_factory=site.frame_hook if site is not None else None,
     )
     display_stop = asyncio.Event()
     display: asyncio.Task[None] | None = None
     watchdog = asyncio.create_task(_watch_gateway(gateway, fleet))
+    load_status: asyncio.Task[None] | None = None
+    if site is not None:
+        site.attach(fleet)
+        load_status = asyncio.create_task(
+            site.poll_load_status(lambda: gateway.control_socket if gateway.running() else None)
+        )
     restarts: list[float] = []
     killer: asyncio.Task[None] | None = None
     if args.kill_gateway_at is not None:
@@ -587,13 +755,15 @@ async def run_site(
         if await fleet.wait_registered(REGISTER_TIMEOUT_S):
             await fleet.change_configuration("MeterValueSampleInterval", str(args.sample_interval))
             started = time.monotonic()
+            if site is not None:
+                site.begin()
             if not args.json:
                 display = asyncio.create_task(
-                    live_display(fleet, started, args.duration, out, display_stop, emsp=emsp)
+                    live_display(fleet, started, args.duration, out, display_stop, emsp=emsp, site=site)
                 )
             if args.kill_gateway_at is not None:
                 killer = asyncio.create_task(
-                    _kill_and_restart(gateway, fleet, args.kill_gateway_at, restarts)
+                    _kill_and_restart(gateway, fleet, args.kill_gateway_at, restarts, site)
                 )
             await fleet.run_scenarios(args.duration)
             if killer is not None:
@@ -607,13 +777,20 @@ async def run_site(
                 await asyncio.sleep(0.2)
             if emsp is not None and gateway.running():
                 await emsp.drain(db_path)  # what it lacks after the wait is reported by emsp.check()
+            if site is not None and gateway.running():
+                await site.read_meters_status(gateway.control_socket)
     finally:
+        if site is not None:
+            site.end()
+        if load_status is not None:
+            load_status.cancel()
+            await asyncio.gather(load_status, return_exceptions=True)
         display_stop.set()
         if display is not None:
             await display
             if out.isatty():
                 table = render_table(
-                    fleet, time.monotonic() - t0, args.duration, True, "chargegate demo", emsp
+                    fleet, time.monotonic() - t0, args.duration, True, "chargegate demo", emsp, site
                 )
                 out.write("\x1b[H\x1b[2J" + table + "\n")
         if killer is not None and not killer.done():
@@ -644,6 +821,19 @@ async def run_site(
     errors += check_energy(fleet, db["transactions"])
     if emsp is not None:
         errors += emsp.check(db["transactions"])
+    load = load_off
+    if site is not None:
+        load = site.fields()
+        errors += load_problems(load, len(db["transactions"]))
+        view = emsp.view() if emsp is not None else None
+        billing, problems = demo_load.billing_check(
+            db["transactions"],
+            demo_load.read_billing(workdir / "data" / DB_NAME),
+            site.tolerance_wh,
+            None if emsp is None else list(view.events.values()) if view is not None else [],
+        )
+        load.update(billing)
+        errors += problems
     summary = summarize(
         fleet,
         db,
@@ -657,11 +847,31 @@ async def run_site(
             "gateway_restarts": len(restarts),
             "gateway_downtime_s": round(sum(restarts), 2),
             **emsp_fields(emsp, emsp_note),
+            **load,
         },
     )
     summary["_transactions"] = db["transactions"]
     summary["_emsp_sessions"] = emsp.sessions() if emsp is not None else None
     return summary
+
+
+def load_problems(load: dict[str, Any], sessions: int) -> list[str]:
+    """What the demo counts as a load-management error (time above the limit is reported, not an error: a
+    building-load step takes a meter reading and a profile round trip to absorb)."""
+    problems = []
+    if load["grid_meter_reads"] == 0:
+        problems.append("the gateway never read the grid meter")
+    if load["gateway_meter_polls_ok"] == 0:
+        problems.append("the gateway counted no good meter poll")
+    if sessions and load["tx_profiles"] == 0:
+        problems.append(f"load management sent no TxProfile for {sessions} sessions")
+    for o in load["gateway_outages"]:
+        if o["fell_back_after_s"] is None:
+            problems.append(
+                f"with the gateway down, not every charger fell back to its TxDefaultProfile current within "
+                f"{demo_load.FALLBACK_WAIT_S:.0f} s: {o['not_fallen_back'][:10]}"
+            )
+    return problems
 
 
 async def _watch_gateway(gateway: GatewayRunner, fleet: Fleet) -> None:
@@ -677,19 +887,27 @@ async def _watch_gateway(gateway: GatewayRunner, fleet: Fleet) -> None:
 
 
 async def _kill_and_restart(
-    gateway: GatewayRunner, fleet: Fleet, after: float, downtimes: list[float]
+    gateway: GatewayRunner, fleet: Fleet, after: float, downtimes: list[float], site: DemoSite | None = None
 ) -> None:
-    """SIGKILL the gateway mid-run (a power cut of the site controller) and start it again at once: sessions
-    go on offline on the chargers and must all end up in the database anyway."""
+    """SIGKILL the gateway mid-run (a power cut of the site controller) and start it again: sessions go on
+    offline on the chargers and must all end up in the database anyway. Without load management it restarts at
+    once; with it, it stays down until the chargers' TxProfile leases have run out and every one applies its
+    TxDefaultProfile current (the fail-safe; at most demo_load.FALLBACK_WAIT_S)."""
     await asyncio.sleep(after)
     t = time.monotonic()
     await gateway.kill()
+    outage: Outage | None = None
+    if site is not None:
+        outage = site.gateway_killed()
+        await site.wait_fallback(outage)
     try:
         await gateway.start()
     except GatewayStartError as e:
         fleet.problems.add(f"the gateway did not come back after SIGKILL: {e}")
         return
     downtimes.append(time.monotonic() - t)
+    if site is not None and outage is not None:
+        site.gateway_back(outage, downtimes[-1])
 
 
 def pin_port(config_path: Path, ocpp_url: str) -> None:
@@ -726,6 +944,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="SIGKILL the gateway this many seconds into the run and restart it (durability demo)",
     )
     p.add_argument(
+        "--site-limit",
+        type=float,
+        metavar="AMPS",
+        help="the grid connection's limit per phase for load management (default: 10 A per charger, at least 40)",
+    )
+    p.add_argument(
+        "--no-load-management",
+        action="store_true",
+        help="no Modbus meters and no site limit (the default simulates both and enables [load])",
+    )
+    p.add_argument(
         "--no-emsp",
         action="store_true",
         help="no MQTT broker and simulated eMSP (the default starts them when mosquitto is installed)",
@@ -754,6 +983,10 @@ def main(argv: list[str] | None = None) -> int:
         problems.append("--sample-interval must be >= 0")
     if args.kill_gateway_at is not None and not 0 <= args.kill_gateway_at < args.duration:
         problems.append("--kill-gateway-at must be within --duration")
+    if args.site_limit is not None and not demo_load.MIN_CURRENT_A <= args.site_limit <= 10000:
+        problems.append(f"--site-limit must be {demo_load.MIN_CURRENT_A:g}..10000 A")
+    if args.site_limit is not None and args.no_load_management:
+        problems.append("--site-limit needs load management (drop --no-load-management)")
     if problems:
         print("chargegate demo: " + "; ".join(problems), file=sys.stderr)
         return 2

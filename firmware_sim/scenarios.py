@@ -337,7 +337,11 @@ async def arrive_tap_charge_leave(ctx: ConnectorCtx) -> None:
 
 
 async def idle_after_full(ctx: ConnectorCtx) -> None:
-    """An EV nearly full charges to its target, stops requesting (SuspendedEV) and stays parked a while."""
+    """An EV nearly full charges to its target, stops requesting (SuspendedEV) and stays parked a while.
+
+    Under load management the gateway may pause the session (0 A: SuspendedEVSE) at any time, and when it offers
+    current again the charger reports SuspendedEV until the EV requests (pilot B -> C): so "full" is the EV's own
+    state, not the status alone, no time counts while the session is paused, and a full EV may be paused."""
     ev = await ctx.new_ev(soc=(0.86, 0.9))
     ev.target_soc = min(1.0, ev.soc + 0.03)
     await ctx.arrive_and_start(ev, "idle_after_full")
@@ -345,7 +349,9 @@ async def idle_after_full(ctx: ConnectorCtx) -> None:
     need_wh = (ev.target_soc - ev.soc) * ev.spec.capacity_kwh * 1000 / ev.spec.efficiency
     worst_s = need_wh / (ev.spec.max_ac_power_w * ev.spec.taper_floor) * 3600
     give_up = time.monotonic() + ctx.clock.sim_to_real(worst_s) + STEP_TIMEOUT_S
-    while not (ctx.status() == "SuspendedEV" or ctx.ending()):
+    while not ((ctx.status() == "SuspendedEV" and ev.full) or ctx.ending()):
+        if ctx.status() == "SuspendedEVSE":  # paused by the charger's limit: the EV cannot get full meanwhile
+            give_up = max(give_up, time.monotonic() + ctx.clock.sim_to_real(worst_s) + STEP_TIMEOUT_S)
         if time.monotonic() >= give_up:
             raise ScenarioError(f"{ctx.label}: a full EV never became SuspendedEV (status {ctx.status()})")
         await asyncio.sleep(POLL_S)
@@ -353,7 +359,7 @@ async def idle_after_full(ctx: ConnectorCtx) -> None:
     if not ctx.ending():
         ctx.note("full: SuspendedEV")
         await ctx.charge_for(ctx.rng.uniform(10 * 60, 30 * 60))  # parked, full
-        if ctx.status() != "SuspendedEV" and not ctx.ending():
+        if ctx.status() not in ("SuspendedEV", "SuspendedEVSE") and not ctx.ending():
             raise ScenarioError(f"{ctx.label}: a full EV left SuspendedEV ({ctx.status()})")
     await ctx.finish(stop_by_tap=False)
 

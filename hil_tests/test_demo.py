@@ -1,6 +1,8 @@
 """`chargegate demo --json`: the whole site (gateway process + fleet of real agents + a real mosquitto and the
-simulated eMSP behind the gateway's MQTT uplink) runs headless and its JSON report agrees with the gateway's
-database; every session the database holds reached the eMSP, in order."""
+simulated eMSP behind the gateway's MQTT uplink + simulated Modbus meters on ptys and the gateway's load
+management) runs headless and its JSON report agrees with the gateway's database; every session the database holds
+reached the eMSP, in order; the site stayed within its limit but for bounded settling after building-load steps;
+the chargers got charging profiles; killed, the gateway's chargers fell back to their TxDefaultProfile current."""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ import os
 import sqlite3
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from firmware_sim import demo_load
 from firmware_sim.broker import mosquitto_binary
 from firmware_sim.demo import SITE_ID, emsp_problems
 from firmware_sim.emsp import GatewayView
@@ -21,6 +25,50 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_TIMEOUT_S = 180
 # ./run setup installs mosquitto; without it the demo runs without the eMSP and says so in its report
 HAVE_MOSQUITTO = mosquitto_binary() is not None
+# Generous bounds on the settling after a building-load step (measured: well under 1 s; a step is seen at the next
+# grid-meter poll, 0.5 s, and the charger follows the new profile at its next tick): no timing is asserted tightly.
+SETTLE_BOUND_S = 5.0
+ABOVE_LIMIT_SHARE = 0.2  # of the run, in total
+
+
+def check_load_management(report: dict[str, Any], db_path: Path, duration: float) -> None:
+    """Meters read, profiles sent, the limit held but for bounded settling, and the billing check in the report
+    agrees with the gateway's database."""
+    assert report["load_management"] is True
+    limit = report["site_limit_a"]
+    assert limit == demo_load.default_site_limit(len(report["per_charger"]))
+    # the simulated meters answered and the gateway decoded them (the grid meter and every connector meter)
+    assert report["grid_meter_reads"] > 0 and report["meter_reads_answered"] > report["grid_meter_reads"]
+    assert report["gateway_meter_polls_ok"] > 0 and report["gateway_meter_line"]["frames_ok"] > 0
+    assert report["metered_connectors"] == report["connectors"]  # a grid meter and every connector metered
+    assert report["load_modes"].get("measured", 0) > 0
+    # every charger got its fail-safe TxDefaultProfile, sessions got TxProfiles
+    assert report["tx_default_profiles"] >= len(report["per_charger"])
+    # most sessions were sized by a TxProfile (one started and stopped offline may never be)
+    assert report["tx_profiles"] >= report["sessions_profiled"] >= report["sessions_started"] / 2 > 0
+    assert report["set_charging_profile_frames"] == report["tx_profiles"] + report["tx_default_profiles"]
+    # the limit binds (5 chargers at 63 A): some session waited at 0 A
+    assert report["sessions_queued"] >= 1 and len(report["queued_transactions"]) == report["sessions_queued"]
+    # ground truth: above the limit only briefly (settling after a step), reported
+    assert report["site_longest_excursion_s"] < SETTLE_BOUND_S, report["site_excursion_list"]
+    assert report["site_above_limit_s"] < ABOVE_LIMIT_SHARE * duration, report["site_excursion_list"]
+    assert report["site_peak_a"] < 1.5 * limit
+    assert all(e["duration_s"] > 0 and e["peak_a"] > limit for e in report["site_excursion_list"])
+    # billing: the gateway compared each session's charger figure with its Modbus meter; the report says what the
+    # database says (a flag on a session delivered on time would be an error: errors == 0 is asserted)
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        rows, flagged, compared = conn.execute(
+            "SELECT COUNT(*), SUM(flagged), SUM(metered_wh IS NOT NULL AND charger_wh IS NOT NULL) "
+            "FROM session_meter_energy"
+        ).fetchone()
+    finally:
+        conn.close()
+    assert rows == report["billing_sessions_metered"] == report["sessions_completed"]
+    assert flagged == report["billing_flagged"] == report["billing_flagged_late"]
+    assert compared == report["billing_checked"] > 0
+    assert report["billing_largest_difference_wh"] <= report["billing_tolerance_wh"]
+    assert report["billing_emsp_flags_agree"] is (True if HAVE_MOSQUITTO else None)
 
 
 def check_emsp(report: dict[str, Any], db_path: Path) -> None:
@@ -110,6 +158,7 @@ def test_demo_json_headless(tmp_path: Path) -> None:
     # the config the demo wrote holds passwords: private
     assert (os.stat(workdir / "site.toml").st_mode & 0o077) == 0
     check_emsp(report, workdir / "data" / "chargegate.db")
+    check_load_management(report, workdir / "data" / "chargegate.db", 30.0)
 
 
 def test_chargegate_demo_forwards_its_arguments() -> None:
@@ -126,6 +175,17 @@ def test_chargegate_demo_forwards_its_arguments() -> None:
     )
     assert proc.returncode == 2
     assert "chargegate demo: --chargers must be 1..500" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "demo", "--site-limit", "5", "--json"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "chargegate demo: --site-limit must be 6..10000 A" in proc.stderr
 
 
 def test_demo_survives_a_gateway_sigkill(tmp_path: Path) -> None:
@@ -143,7 +203,7 @@ def test_demo_survives_a_gateway_sigkill(tmp_path: Path) -> None:
             "--duration",
             "20",
             "--kill-gateway-at",
-            "6",
+            "3",
             "--json",
             "--seed",
             "5",
@@ -167,6 +227,17 @@ def test_demo_survives_a_gateway_sigkill(tmp_path: Path) -> None:
     assert abs(report["energy_kwh"] - report["sim_energy_kwh"]) * 1000 <= report["sessions_completed"] + 0.5
     # the gateway died with its MQTT connection: every session still reached the eMSP, in order
     check_emsp(report, workdir / "data" / "chargegate.db")
+    # with the gateway down the chargers' TxProfile leases ran out and each applied its TxDefaultProfile current
+    # (the demo counts anything else as an error); the gateway stayed down until then
+    (outage,) = report["gateway_outages"]
+    assert outage["not_fallen_back"] == [], outage
+    assert outage["fell_back_after_s"] is not None
+    assert outage["fell_back_after_s"] <= demo_load.FALLBACK_WAIT_S
+    assert outage["down_s"] >= outage["fell_back_after_s"]
+    assert report["gateway_downtime_s"] >= outage["fell_back_after_s"]
+    # while it ran, the limit held but for settling (time above it with the gateway down is reported apart)
+    assert report["site_longest_excursion_s"] < SETTLE_BOUND_S, report["site_excursion_list"]
+    assert report["tx_default_profiles"] >= 3 and report["tx_profiles"] > 0
 
 
 def test_demo_counts_what_the_emsp_lacks() -> None:
@@ -188,3 +259,81 @@ def test_demo_counts_what_the_emsp_lacks() -> None:
     assert emsp_problems(None, [], txs)[0].startswith(
         "the eMSP did not receive the session records of transactions [1, 2, 3]"
     )
+
+
+def test_demo_billing_check_counts_what_is_unexplained() -> None:
+    """The demo's reading of the gateway's billing check (pure): a session the gateway flagged although its start
+    and stop arrived on time is an error; one delivered late from an offline queue is reported, not an error; an
+    eMSP whose session.stopped flag differs from the database is an error."""
+    tol = 500.0
+
+    def tx(i: int, late_s: float = 0.4) -> dict[str, Any]:
+        start = 1_800_000_000.0 + 100 * i
+        return {
+            "id": i,
+            "charger_id": "CP01",
+            "connector_id": 1,
+            "state": "stopped",
+            "start_ts": datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "started_at": start + late_s,
+            "stop_ts": datetime.fromtimestamp(start + 50, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "stopped_at": start + 50.3,
+        }
+
+    def row(charger: float, metered: float | None, flagged: bool) -> dict[str, Any]:
+        diff = None if metered is None else charger - metered
+        return {
+            "charger_wh": charger,
+            "metered_wh": metered,
+            "discrepancy_wh": diff,
+            "flagged": int(flagged),
+            "checked_at": 1.0,
+        }
+
+    txs = [tx(1), tx(2), tx(3, late_s=30.0), tx(4)]
+    metered = {
+        1: row(5000, 4900, False),
+        2: row(5000, 3000, True),  # on time: unexplained
+        3: row(5000, 2000, True),  # started offline: the meter was read 30 s later
+        4: row(5000, None, False),  # no fresh meter reading
+    }
+    fields, errors = demo_load.billing_check(txs, metered, tol, None)
+    assert len(errors) == 1 and "session 2 " in errors[0], errors
+    assert fields["billing_checked"] == 3 and fields["billing_within_tolerance"] == 1
+    assert fields["billing_flagged"] == 2 and fields["billing_flagged_late_transactions"] == [3]
+    assert fields["billing_no_meter_reading"] == 1
+    assert fields["billing_largest_difference_wh"] == 2000  # the late session's difference is not counted
+
+    events = [
+        {
+            "kind": "session.stopped",
+            "body": {"tx": i, "metered_wh": 1, "energy_flagged": bool(metered[i]["flagged"])},
+        }
+        for i in (1, 2, 3, 4)
+    ]
+    assert demo_load.billing_check(txs, metered, tol, events)[0]["billing_emsp_flags_agree"] is True
+    events[0]["body"]["energy_flagged"] = True
+    fields, errors = demo_load.billing_check(txs, metered, tol, events)
+    assert fields["billing_emsp_flags_agree"] is False and "transactions [1]" in errors[-1]
+
+
+def test_demo_meter_plan() -> None:
+    """A grid meter first, then a meter per connector (one per single-connector charger), 16 per bus, catalog
+    models in turn, capped at METERED_CONNECTORS_MAX connectors."""
+    from firmware_sim.demo import site_chargers
+
+    plan = demo_load.plan_meters(site_chargers(3, 2))
+    assert [(p.id, p.bus, p.unit_id, p.connector_id) for p in plan] == [
+        ("grid", 0, 1, 0),
+        ("CP01-1-m", 0, 2, 1),
+        ("CP01-2-m", 0, 3, 2),
+        ("CP02-m", 0, 4, 0),
+        ("CP03-1-m", 0, 5, 1),
+        ("CP03-2-m", 0, 6, 2),
+    ]
+    assert plan[0].model == demo_load.GRID_MODEL
+    assert {p.model for p in plan[1:]} == set(demo_load.CHARGER_METER_MODELS)
+    big = demo_load.plan_meters(site_chargers(40, 2))
+    assert sum(len(p.connectors) for p in big) == demo_load.METERED_CONNECTORS_MAX
+    assert max(p.unit_id for p in big) <= demo_load.METERS_PER_BUS and big[-1].bus == 2
+    assert len({(p.bus, p.unit_id) for p in big}) == len(big)
