@@ -4,6 +4,9 @@ One loop per charge point: tick the core every `tick_interval` seconds (also whi
 the offline queue keep working), forward inbound frames to it and send what it leaves in `outgoing()`.
 Reconnects with jittered exponential backoff until `stop` is set. When the core asks the HAL to reboot
 (Reset), the port closes the connection, throws the core away and builds a new one on the same HAL.
+
+OCPP 1.6 security profiles: 1 = ws:// and a password; 2 = wss:// (the gateway's certificate checked against a CA)
+and a password; 3 = wss:// with a client certificate (`client_tls_context(ca, cert, key)`), no password needed.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import asyncio
 import base64
 import logging
 import random
+import ssl
 from collections.abc import Callable
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -36,6 +41,21 @@ MAX_FRAME_BYTES = 65536
 FrameHook = Callable[[str, str], None]
 
 
+def client_tls_context(
+    ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None
+) -> ssl.SSLContext:
+    """TLS for wss:// (security profiles 2 and 3): TLS 1.2 or above, the gateway's certificate verified against
+    `ca_file` (None: the system's trust store) including its host name or IP address; with `cert_file` (PEM,
+    chain allowed) and `key_file` (None: the key is in cert_file) the charger's client certificate (profile 3)."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert_file is not None:
+        ctx.load_cert_chain(cert_file, key_file)
+    elif key_file is not None:
+        raise ValueError("a client key without its certificate")
+    return ctx
+
+
 def _basic_auth(user: str, password: str) -> str:
     return "Basic " + base64.b64encode((user + ":" + password).encode()).decode()
 
@@ -53,10 +73,12 @@ async def run_charge_point(
     on_frame: FrameHook | None = None,
     tick_interval: float = 0.1,
     on_reboot: Callable[[ChargePointCore], None] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> ChargePointCore:
     """Run one charge point until `stop` is set, or until its core asks for a reboot.
 
     url: "ws://HOST:PORT/ocpp/CP1"; password: HTTP Basic password (user = charge point id), None = no auth.
+    tls: for a wss:// url, e.g. client_tls_context(ca, cert, key); None = the system's default TLS settings.
     on_frame(direction, text): trace hook, direction "tx" or "rx".
 
     Reboot (the core called hal.reboot after Reset): the frames already produced are sent, the connection is
@@ -68,10 +90,12 @@ async def run_charge_point(
     Returns the core in use at the end.
     """
     try:
-        parse_uri(url)
+        secure = parse_uri(url).secure
     except InvalidURI as e:
         raise ValueError(f"charge point url must be ws:// or wss://: {e}") from None
-    runner = _Runner(core, url, password, stop, on_frame, tick_interval, on_reboot)
+    if tls is not None and not secure:
+        raise ValueError(f"TLS settings given for a ws:// url ({url}): use wss://")
+    runner = _Runner(core, url, password, stop, on_frame, tick_interval, on_reboot, tls)
     await runner.run()
     return runner.core
 
@@ -86,8 +110,10 @@ class _Runner:
         on_frame: FrameHook | None,
         tick_interval: float,
         on_reboot: Callable[[ChargePointCore], None] | None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.core = core
+        self.tls = tls
         self.url = url
         self.password = password
         self.stop = stop
@@ -164,6 +190,8 @@ class _Runner:
         if self.password is not None:
             headers["Authorization"] = _basic_auth(self.core.config.charge_point_id, self.password)
         ping = self.core.cfg.get("WebSocketPingInterval")
+        # websockets refuses ssl=None for wss:// (it then makes its default context itself): pass it only when set
+        tls: dict[str, Any] = {"ssl": self.tls} if self.tls is not None else {}
         task = asyncio.ensure_future(
             connect(
                 self.url,
@@ -173,6 +201,7 @@ class _Runner:
                 ping_interval=ping if ping > 0 else None,
                 max_size=MAX_FRAME_BYTES,
                 proxy=None,
+                **tls,
             )
         )
         try:

@@ -7,16 +7,19 @@ simulated hardware back on and builds a new core on the same HAL, so only what t
 
     python -m firmware_sim.fleet --config site.toml --speed 60 --duration 120
     python -m firmware_sim.fleet --url ws://127.0.0.1:9000/ocpp/ --password-file pw.txt --chargers 5
+    python -m firmware_sim.fleet --config site.toml --ca certs/ca.pem --cert-dir certs/chargers   # wss://, profile 3
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import random
+import ssl
 import sys
 import tempfile
 import time
@@ -29,7 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from agent.core import AgentConfig, ChargePointCore
-from agent.port_cpython import run_charge_point
+from agent.port_cpython import client_tls_context, run_charge_point
 from firmware_sim.clock import SimClock
 from firmware_sim.hal import SimHal
 from firmware_sim.netcut import NetLink
@@ -58,6 +61,7 @@ class ChargerCreds:
     url: str | None = (
         None  # this charger's OCPP URL when it differs from base URL + id (e.g. through a NetLink)
     )
+    tls: ssl.SSLContext | None = None  # wss:// settings (CA, client certificate for security profile 3)
 
 
 @dataclass
@@ -237,11 +241,12 @@ class SimCharger:
                     await run_charge_point(
                         self.core,
                         self.url,
-                        self.creds.password,
+                        self.creds.password or None,
                         stop=life,
                         on_frame=self._on_frame,
                         tick_interval=self.tick_interval,
                         on_reboot=self._on_port_reboot,
+                        tls=self.creds.tls,
                     )
                 finally:
                     relay.cancel()
@@ -568,7 +573,8 @@ def load_site_chargers(path: Path) -> tuple[list[ChargerCreds], list[str], str |
     with open(path, "rb") as f:
         raw = tomllib.load(f)
     chargers = [
-        ChargerCreds(str(c["id"]), str(c["password"]), int(c.get("connectors", 1)))
+        # no password: a charger at security profile 3 (its client certificate comes from --cert-dir)
+        ChargerCreds(str(c["id"]), str(c.get("password", "")), int(c.get("connectors", 1)))
         for c in raw.get("chargers", [])
     ]
     tokens = [str(t) for t in raw.get("auth", {}).get("allow", [])]
@@ -600,6 +606,23 @@ def load_password_file(path: Path) -> list[ChargerCreds]:
     return out
 
 
+def with_tls(chargers: Sequence[ChargerCreds], ca: Path | None, cert_dir: Path | None) -> list[ChargerCreds]:
+    """Give every charger its wss:// settings: the CA of the gateway's certificate and, with `cert_dir`, its client
+    certificate `cert_dir/<id>.pem` with key `cert_dir/<id>.key` (security profile 3)."""
+    out = []
+    for c in chargers:
+        if cert_dir is None:
+            tls = client_tls_context(str(ca) if ca else None)
+        else:
+            cert, key = cert_dir / f"{c.id}.pem", cert_dir / f"{c.id}.key"
+            try:
+                tls = client_tls_context(str(ca) if ca else None, str(cert), str(key))
+            except OSError as e:  # ssl's own message names no file
+                raise ValueError(f"{c.id}: cannot load {cert} / {key}: {e}") from None
+        out.append(dataclasses.replace(c, tls=tls))
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="chargegate sim", description="Run simulated chargers (the real agent) against a gateway."
@@ -609,6 +632,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--config", type=Path, help="site config: chargers, passwords and allow-listed tokens")
     src.add_argument("--password-file", type=Path, help="lines 'CHARGER_ID PASSWORD [CONNECTORS]'")
     p.add_argument("--chargers", type=int, help="use only the first N chargers")
+    p.add_argument("--ca", type=Path, help="wss://: CA certificate(s) of the gateway (default: system trust)")
+    p.add_argument(
+        "--cert-dir",
+        type=Path,
+        help="wss:// with client certificates (profile 3): DIR/<id>.pem and DIR/<id>.key",
+    )
     p.add_argument(
         "--token", action="append", default=[], help="idTag drivers tap (repeatable; default: [auth].allow)"
     )
@@ -649,6 +678,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"chargegate sim: --chargers must be 1..{len(chargers)}", file=sys.stderr)
             return 2
         chargers = chargers[: args.chargers]
+    if args.ca or args.cert_dir:
+        try:
+            chargers = with_tls(chargers, args.ca, args.cert_dir)
+        except (OSError, ValueError) as e:
+            print(f"chargegate sim: {e}", file=sys.stderr)
+            return 2
     if not url:
         print("chargegate sim: no --url, and the config names no port or running gateway", file=sys.stderr)
         return 2

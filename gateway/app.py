@@ -147,6 +147,8 @@ class Gateway:
             self._uplink_task = asyncio.create_task(self.uplink.run(), name="uplink")
         await self.control.start()
         info = {"pid": os.getpid(), "ocpp_url": self.server.url, "control_socket": str(self.control.path)}
+        if self.server.plain_url:
+            info["ocpp_plain_url"] = self.server.plain_url  # ws:// for profile-1 chargers of a TLS site
         state_file = self.cfg.data_dir / "gateway.json"
         tmp = state_file.with_suffix(".tmp")
         fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)

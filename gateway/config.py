@@ -49,22 +49,46 @@ class OcppSection:
     call_timeout: float = 30.0
     # Validate every inbound and outbound payload against the official OCPP 1.6 JSON schemas.
     validate_schemas: bool = True
-    # TLS (security profile 2): both set => wss://
+    # TLS server certificate (chain, PEM) and its key: both set => `port` serves wss:// only. Relative paths are
+    # relative to the config file.
     tls_cert: str = ""
     tls_key: str = ""
+    # OCPP 1.6 security profile of the site's chargers (docs/ocpp.md "Security profiles"): 1 = HTTP Basic over
+    # ws://, 2 = HTTP Basic over TLS, 3 = TLS with a client certificate naming the charger (no Basic).
+    # Unset: 2 with tls_cert, else 1. [[chargers]] security_profile overrides it per charger.
+    security_profile: Literal[1, 2, 3] | None = None
+    # CA bundle (PEM) that signs the chargers' client certificates; required when a charger is at profile 3.
+    client_ca: str = ""
+    # A second, plain ws:// listener next to the wss:// `port`, for the profile-1 chargers of a site that has
+    # TLS (0 picks a free port). Chargers at profile 2 or 3 are refused on it.
+    plain_port: int | None = None
+
+    @property
+    def profile(self) -> int:
+        """The site's security profile: as configured, else 2 with a TLS certificate, else 1."""
+        if self.security_profile is not None:
+            return self.security_profile
+        return 2 if self.tls_cert else 1
 
 
 @dataclass(frozen=True)
 class ChargerSection:
     id: str
-    # OCPP security profile 1: HTTP Basic auth, user = charge point id. Required, 16..40 chars as OCPP 1.6 asks.
-    password: str
+    # HTTP Basic auth (security profiles 1 and 2), user = charge point id: 16..40 chars as OCPP 1.6 asks.
+    # Required at profiles 1 and 2; unused (and optional) at profile 3, where the client certificate is the proof.
+    password: str = ""
     connectors: int = 1
     # Overrides [ocpp].boot_status for this charger.
     boot_status: Literal["", "Accepted", "Pending", "Rejected"] = ""
     # Rated maximum current per phase (A); load management never allocates more.
     max_current: float = 32.0
     phases: int = 3
+    # Overrides [ocpp].security_profile for this charger: a site with older (profile 1 or 2) and newer chargers.
+    security_profile: Literal[1, 2, 3] | None = None
+
+    def profile(self, ocpp: OcppSection) -> int:
+        """The security profile this charger must connect with."""
+        return self.security_profile if self.security_profile is not None else ocpp.profile
 
 
 from gateway.auth.settings import AuthSection  # noqa: E402  (the [auth] section is owned by gateway/auth)
@@ -212,7 +236,10 @@ def _build(file: str, prefix: str, cls: type[Any], table: dict[str, Any]) -> Any
     return obj
 
 
-def _check_chargers(file: str, chargers: tuple[ChargerSection, ...]) -> None:
+_PASSWORD_HINT = "generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
+
+
+def _check_chargers(file: str, chargers: tuple[ChargerSection, ...], ocpp: OcppSection) -> None:
     seen: set[str] = set()
     for i, c in enumerate(chargers):
         key = f"chargers[{i}]"
@@ -221,15 +248,74 @@ def _check_chargers(file: str, chargers: tuple[ChargerSection, ...]) -> None:
         if c.id in seen:
             raise ConfigError(file, f"{key}.id", f"duplicate charger id {c.id!r}; ids must be unique")
         seen.add(c.id)
-        if not 16 <= len(c.password) <= 40:
+        profile = c.profile(ocpp)
+        if not c.password and profile < 3:
+            raise ConfigError(
+                file,
+                f"{key}.password",
+                f"required at security profile {profile} (the HTTP Basic AuthorizationKey, 16..40 characters); "
+                + _PASSWORD_HINT,
+            )
+        if c.password and not 16 <= len(c.password) <= 40:
             raise ConfigError(
                 file,
                 f"{key}.password",
                 "expected 16..40 characters (OCPP 1.6 security profile 1 AuthorizationKey); "
-                "generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(24))'",
+                + _PASSWORD_HINT,
             )
         if not 1 <= c.connectors <= 16:
             raise ConfigError(file, f"{key}.connectors", "expected 1..16")
+
+
+def _check_security(file: str, base: Path, ocpp: OcppSection, chargers: tuple[ChargerSection, ...]) -> None:
+    """[ocpp] TLS and security profile settings against each other and against the chargers' profiles."""
+    if bool(ocpp.tls_cert) != bool(ocpp.tls_key):
+        raise ConfigError(file, "ocpp.tls_cert", "tls_cert and tls_key must be set together")
+    # The key that asked for each profile: [ocpp] or the first charger overriding it.
+    wants: dict[int, str] = {}
+    if ocpp.security_profile is not None:
+        wants[ocpp.security_profile] = "ocpp.security_profile"
+    for i, c in enumerate(chargers):
+        if c.security_profile is not None:
+            wants.setdefault(c.security_profile, f"chargers[{i}].security_profile")
+    for profile in (2, 3):
+        if profile in wants and not ocpp.tls_cert:
+            raise ConfigError(
+                file,
+                wants[profile],
+                f"security profile {profile} needs TLS: set [ocpp] tls_cert and tls_key (the gateway's "
+                'certificate and key, see docs/ocpp.md "Security profiles"), or use profile 1',
+            )
+    if not ocpp.client_ca and any(c.profile(ocpp) == 3 for c in chargers):
+        raise ConfigError(
+            file,
+            wants.get(3, "ocpp.security_profile"),
+            "security profile 3 checks the chargers' client certificates: set [ocpp] client_ca to the CA "
+            "bundle (PEM) that signs them",
+        )
+    if ocpp.client_ca and not ocpp.tls_cert:
+        raise ConfigError(
+            file, "ocpp.client_ca", "client certificates need TLS: set [ocpp] tls_cert and tls_key too"
+        )
+    if ocpp.plain_port is not None:
+        if not ocpp.tls_cert:
+            raise ConfigError(
+                file,
+                "ocpp.plain_port",
+                "without tls_cert the main port already serves ws://: remove plain_port",
+            )
+        if not 0 <= ocpp.plain_port <= 65535:
+            raise ConfigError(file, "ocpp.plain_port", "expected 0..65535 (0 picks a free port)")
+        if ocpp.plain_port and ocpp.plain_port == ocpp.port:
+            raise ConfigError(file, "ocpp.plain_port", "must differ from ocpp.port (the wss:// listener)")
+    for name in ("tls_cert", "tls_key", "client_ca"):
+        value = getattr(ocpp, name)
+        if value and not (base / value).is_file():
+            raise ConfigError(
+                file,
+                f"ocpp.{name}",
+                f"no such file: {base / value} (relative paths start at the config file)",
+            )
 
 
 def parse_config(path: Path, data: dict[str, Any]) -> SiteConfig:
@@ -248,12 +334,11 @@ def parse_config(path: Path, data: dict[str, Any]) -> SiteConfig:
             if not isinstance(raw, dict):
                 raise ConfigError(file, name, f"expected a table ([{name}])")
             built[name] = _build(file, name, cls, raw)
-    _check_chargers(file, built["chargers"])
     ocpp: OcppSection = built["ocpp"]
+    _check_chargers(file, built["chargers"], ocpp)
     if not 0 <= ocpp.port <= 65535:
         raise ConfigError(file, "ocpp.port", "expected 0..65535 (0 picks a free port)")
-    if bool(ocpp.tls_cert) != bool(ocpp.tls_key):
-        raise ConfigError(file, "ocpp.tls_cert", "tls_cert and tls_key must be set together")
+    _check_security(file, path.resolve().parent, ocpp, built["chargers"])
     cfg = SiteConfig(
         path=path.resolve(),
         site=built["site"],

@@ -11,6 +11,12 @@ recorded, the connection stays up. The first refusal on a connection without a B
 to boot (TriggerMessage BootNotification) so its registration can complete. Refusals are counted in `stats`
 (`refused_unregistered`, and per charger; `chargegate status` shows both) and logged at WARNING, once a minute
 per charger.
+
+Security profiles (OCPP 1.6 Security Whitepaper, docs/ocpp.md "Security profiles") are checked in the opening
+handshake, against the profile configured for the charger named in the URL: 1 = HTTP Basic (any transport), 2 = TLS
+and HTTP Basic, 3 = TLS with a client certificate verified against [ocpp] client_ca whose subject commonName (or a
+DNS subjectAltName) is the charger id; Basic is ignored there. Every refusal of a configured charger is the same
+401, whatever failed; the reason is logged at WARNING with the charger id.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from websockets.http11 import Request, Response
 
 from gateway.config import SiteConfig
 from gateway.csms import HANDLED_ACTIONS, CallRefused, ConnectionState, Csms
-from gateway.errors import ChargegateError, ChargerNotConnected, CommandError
+from gateway.errors import ChargegateError, ChargerNotConnected, CommandError, ConfigError
 from gateway.logutil import RepeatFilter
 from gateway.ocpp import framing, registration
 
@@ -45,6 +51,15 @@ SUBPROTOCOL = "ocpp1.6"
 # connection is dropped: a dead charger answers nothing, and its id must become free for its reconnect quickly.
 CLOSE_TIMEOUT = 2.0
 PATH_PREFIX = "/ocpp/"
+# TLS floor for profiles 2 and 3 (the Security Whitepaper asks for TLS 1.2 or above). Cipher suites are Python's
+# defaults: TLS 1.3 suites, and for 1.2 ECDHE/DHE with AES-GCM, ChaCha20 or AES-CBC-SHA2 (forward secrecy only: the
+# whitepaper's TLS_RSA_WITH_AES_*_GCM key-transport suites are not offered; its ECDHE-ECDSA-AES-GCM ones are).
+TLS_MINIMUM = ssl.TLSVersion.TLSv1_2
+# A peer that opens a TCP connection to the wss:// port and does not finish the TLS handshake is dropped after this
+# (asyncio's default is 60 s; a charger on the site LAN needs well under a second, a slow modem a few).
+TLS_HANDSHAKE_TIMEOUT = 10.0
+# Longest certificate name quoted in a refusal log line (a certificate's names are peer-controlled).
+MAX_LOGGED_NAME = 64
 
 FrameTrace = Callable[[str, str, str], None]  # (charger_id, "rx"|"tx", text)
 
@@ -79,6 +94,43 @@ def _charger_id_from_path(path: str) -> str | None:
     return cid
 
 
+def _certificate_names(cert: dict[str, Any]) -> list[str]:
+    """The names a (verified) client certificate vouches for: subject commonName(s), then DNS subjectAltNames."""
+    names = [str(v) for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"]
+    names += [str(v) for k, v in cert.get("subjectAltName", ()) if k == "DNS"]
+    return names
+
+
+def server_tls_context(cfg: SiteConfig) -> ssl.SSLContext:
+    """The wss:// listener's TLS context: TLS 1.2+, the gateway's certificate, and, with [ocpp] client_ca, a request
+    for the charger's certificate (optional at the TLS level, so chargers at profile 2 need none; a certificate
+    that is presented must verify against client_ca, else the TLS handshake fails)."""
+    o = cfg.ocpp
+    base = cfg.path.parent
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = TLS_MINIMUM
+    try:
+        ctx.load_cert_chain(str(base / o.tls_cert), str(base / o.tls_key))
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(
+            str(cfg.path),
+            "ocpp.tls_cert",
+            f"cannot load the certificate {o.tls_cert} with key {o.tls_key} ({e}): both PEM, the key "
+            "unencrypted and matching the certificate",
+        ) from None
+    if o.client_ca:
+        try:
+            ctx.load_verify_locations(cafile=str(base / o.client_ca))
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(
+                str(cfg.path),
+                "ocpp.client_ca",
+                f"cannot load the CA bundle {o.client_ca} ({e}): expected PEM CA certificates",
+            ) from None
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
 def _basic_credentials(headers: Headers) -> tuple[str, str] | None:
     value = headers.get("Authorization")
     if not value:
@@ -108,11 +160,13 @@ class OcppServer:
         self.on_frame = on_frame
         self._ids = id_gen
         self._conns: dict[str, _Connection] = {}
-        self._server: Server | None = None
+        self._servers: list[Server] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._passwords = {c.id: c.password for c in cfg.chargers}
+        self._profiles = {c.id: c.profile(cfg.ocpp) for c in cfg.chargers}
         self._quiet = RepeatFilter(log)
         self.port = 0
+        self.plain_port = 0  # the extra ws:// listener of a TLS site ([ocpp] plain_port), 0 = none
         self.stats: dict[str, Any] = {
             "frames_in": 0,
             "frames_out": 0,
@@ -128,15 +182,23 @@ class OcppServer:
     # -- lifecycle --------------------------------------------------------------------------------------------
     async def start(self) -> int:
         o = self.cfg.ocpp
-        ssl_ctx: ssl.SSLContext | None = None
-        if o.tls_cert:
-            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            base = self.cfg.path.parent
-            ssl_ctx.load_cert_chain(str(base / o.tls_cert), str(base / o.tls_key))
-        self._server = await serve(
+        ssl_ctx = server_tls_context(self.cfg) if o.tls_cert else None
+        main = await self._serve(o.port, ssl_ctx)
+        self.port = int(next(iter(main.sockets)).getsockname()[1])
+        if o.plain_port is not None:
+            plain = await self._serve(o.plain_port, None)
+            self.plain_port = int(next(iter(plain.sockets)).getsockname()[1])
+            log.info("also listening on %s for chargers at security profile 1", self.plain_url)
+        return self.port
+
+    async def _serve(self, port: int, ssl_ctx: ssl.SSLContext | None) -> Server:
+        o = self.cfg.ocpp
+        # asyncio refuses a handshake timeout without TLS
+        tls_timeout: dict[str, Any] = {"ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT} if ssl_ctx else {}
+        server = await serve(
             self._handle,
             o.host,
-            o.port,
+            port,
             process_request=self._process_request,
             select_subprotocol=self._select_subprotocol,
             max_size=o.max_frame_bytes,
@@ -148,20 +210,26 @@ class OcppServer:
             compression=None,
             ssl=ssl_ctx,
             server_header="chargegate",
+            **tls_timeout,
         )
-        sock = next(iter(self._server.sockets))
-        self.port = int(sock.getsockname()[1])
-        return self.port
+        self._servers.append(server)
+        return server
 
     @property
     def url(self) -> str:
         scheme = "wss" if self.cfg.ocpp.tls_cert else "ws"
         return f"{scheme}://{self.cfg.ocpp.host}:{self.port}{PATH_PREFIX}"
 
+    @property
+    def plain_url(self) -> str:
+        """The extra ws:// listener of a TLS site ([ocpp] plain_port), "" when there is none."""
+        return f"ws://{self.cfg.ocpp.host}:{self.plain_port}{PATH_PREFIX}" if self.plain_port else ""
+
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            await server.wait_closed()
         for t in list(self._tasks):
             t.cancel()
 
@@ -176,14 +244,47 @@ class OcppServer:
                 request.path[:80],
             )
             return connection.respond(HTTPStatus.NOT_FOUND, "Unknown charge point\n")
+        profile = self._profiles[cid]
+        tls = connection.transport.get_extra_info("ssl_object")
+        if profile >= 2 and tls is None:
+            return self._unauthorized(
+                connection,
+                cid,
+                "tls",
+                "security profile %d requires TLS (wss://), it came over ws://",
+                profile,
+            )
+        if profile == 3:
+            # The TLS layer has verified the certificate against client_ca (a bad one never gets here); it must
+            # also name this charger. HTTP Basic is not used at profile 3 (ignored when sent).
+            cert = tls.getpeercert() if tls is not None else None
+            if not cert:
+                return self._unauthorized(
+                    connection, cid, "nocert", "security profile 3 requires a client certificate, none sent"
+                )
+            names = _certificate_names(cert)
+            if cid not in names:
+                shown = ", ".join(repr(n[:MAX_LOGGED_NAME]) for n in names[:4]) or "no name"
+                return self._unauthorized(
+                    connection, cid, "certname", "its client certificate is for %s, not this charger", shown
+                )
+            return None
         creds = _basic_credentials(request.headers)
         expected = self._passwords[cid].encode()
         if creds is None or creds[0] != cid or not hmac.compare_digest(creds[1].encode(), expected):
-            self._quiet.log(logging.WARNING, f"401:{cid}", "refused %s: missing or wrong credentials", cid)
-            response = connection.respond(HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
-            response.headers["WWW-Authenticate"] = 'Basic realm="chargegate", charset="UTF-8"'
-            return response
+            return self._unauthorized(connection, cid, "", "missing or wrong credentials")
         return None
+
+    def _unauthorized(
+        self, connection: ServerConnection, cid: str, kind: str, reason: str, *args: object
+    ) -> Response:
+        """One answer for every refusal of a configured charger (a prober learns nothing about what failed); the
+        reason goes to the log, at most once a minute per charger and reason."""
+        key = f"401:{cid}:{kind}" if kind else f"401:{cid}"
+        self._quiet.log(logging.WARNING, key, "refused %s: " + reason, cid, *args)
+        response = connection.respond(HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
+        response.headers["WWW-Authenticate"] = 'Basic realm="chargegate", charset="UTF-8"'
+        return response
 
     @staticmethod
     def _select_subprotocol(connection: ServerConnection, subprotocols: Any) -> Any:
@@ -208,7 +309,14 @@ class OcppServer:
             old.closed = True
             old.fail_pending(ChargerNotConnected(f"{cid}: connection replaced"))
             await old.ws.close(1000, "replaced by a new connection")
-        log.info("%s connected from %s", cid, ws.remote_address[0] if ws.remote_address else "?")
+        tls = ws.transport.get_extra_info("ssl_object")
+        log.info(
+            "%s connected from %s (security profile %d, %s)",
+            cid,
+            ws.remote_address[0] if ws.remote_address else "?",
+            self._profiles.get(cid, 1),
+            tls.version() if tls is not None else "no TLS",
+        )
         conn.state.stored_registration = await self.csms.charger_connected(cid)
         worker = asyncio.create_task(self._worker(conn), name=f"ocpp-worker-{cid}")
         try:

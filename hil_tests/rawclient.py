@@ -17,6 +17,7 @@ import base64
 import contextlib
 import itertools
 import json
+import ssl
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -99,6 +100,7 @@ class RawChargePoint:
         subprotocols: Sequence[str] | None = ("ocpp1.6",),
         responses: dict[str, Responder] | None = None,
         max_size: int | None = 2**20,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url
         self.charger_id = charger_id
@@ -106,6 +108,7 @@ class RawChargePoint:
         self.subprotocols = subprotocols
         self.responses = {**DEFAULT_RESPONSES, **(responses or {})}
         self.max_size = max_size
+        self.tls = tls  # for wss:// (None: websockets' default context); a client certificate for profile 3
         self.checker = FrameChecker()
         self.frames: list[tuple[str, str]] = []  # (direction, text), both directions, in order
         self.ws: ClientConnection | None = None
@@ -128,6 +131,8 @@ class RawChargePoint:
             open_timeout=CALL_TIMEOUT,
             ping_interval=None,
             compression=None,
+            # websockets refuses ssl=None for wss:// URLs: pass a context only when one is given
+            **({"ssl": self.tls} if self.tls is not None else {}),
         )
         self._reader = asyncio.create_task(self._read_loop(self.ws), name=f"rawcp-{self.charger_id}")
         return self
