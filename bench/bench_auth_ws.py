@@ -17,8 +17,9 @@ traffic (open loop, --rate/s; 3 MeterValues : 1 Heartbeat). Traffic runs through
   during_diff_apply  while the differential is applied
   after_diff         the list after the differential
 
-How the lists get into the running gateway: this checkout's gateway/app.py does not wire the MQTT uplink (so no
-downlink token-list command reaches the gateway process), and the control socket has no token-list op. By default
+How the lists get into the running gateway: without a broker in the benchmark no downlink token-list command reaches
+the gateway process (the MQTT path is measured by hil_tests/test_uplink_token_lists.py), and the control socket has
+no token-list op. By default
 (--applier gateway) the benchmark puts a sitecustomize.py on the gateway's PYTHONPATH that registers ONE extra
 control op calling the gateway's own `AuthService.apply_token_list` on its event loop -- the call the downlink makes;
 nothing else in the gateway changes. The input list is built inside the gateway beforehand, untimed (the downlink
@@ -78,9 +79,8 @@ UNKNOWN_EVERY = 4
 APPLY_TIMEOUT = 600.0
 LIST_APPLY_METHOD = {
     "gateway": "AuthService.apply_token_list of the running gateway, on its event loop, called through one extra "
-    "control-socket op a sitecustomize.py registers in the gateway process (gateway/app.py does not wire the MQTT "
-    "downlink in this checkout and has no token-list control op); input list built in the gateway beforehand, "
-    "untimed (no MQTT decode)",
+    "control-socket op a sitecustomize.py registers in the gateway process (no broker in this benchmark, and the "
+    "control socket has no token-list op); input list built in the gateway beforehand, untimed (no MQTT decode)",
     "process": "AuthService.apply_token_list in a helper process on the running gateway's SQLite file (WAL), pinned "
     "to the gateway's CPU: two writers taking turns on SQLite's write lock",
 }
@@ -767,8 +767,8 @@ def main() -> int:
             "loadavg_at_start": os.getloadavg(),
         },
         "method": {
-            "gateway": "real process (python -m gateway.cli run), [auth] offline_policy=reject, no eMSP "
-            "(uplink not wired in gateway/app.py), sync_charger_lists=false",
+            "gateway": "real process (python -m gateway.cli run), [auth] offline_policy=reject, no [uplink] "
+            "(no eMSP), sync_charger_lists=false",
             "list_apply": LIST_APPLY_METHOD[args.applier],
             "rtt": "websocket send to answer received, in the load generator (open loop)",
             "authorize_tokens": f"random tokens of the list, every {UNKNOWN_EVERY}th unknown",
