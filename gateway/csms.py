@@ -65,7 +65,14 @@ AfterAction = Callable[[], Awaitable[None]]
 
 class Authorizer(Protocol):
     async def decide(
-        self, charger_id: str, id_tag: str, *, purpose: Purpose, transaction_id: int | None = None
+        self,
+        charger_id: str,
+        id_tag: str,
+        *,
+        purpose: Purpose,
+        transaction_id: int | None = None,
+        connector_id: int | None = None,
+        start_ts: str | None = None,
     ) -> Any: ...
 
     def record(
@@ -418,7 +425,9 @@ class Csms:
         meter_start, ts = int(p["meterStart"]), p["timestamp"]
         # A charger whose answer was lost resends the very same request: it must get the same transactionId.
         start_key = f"{cid}|{connector}|{id_tag}|{meter_start}|{ts}"
-        decision: AuthDecision = await self.authorizer.decide(cid, id_tag, purpose="start")
+        decision: AuthDecision = await self.authorizer.decide(
+            cid, id_tag, purpose="start", connector_id=connector, start_ts=ts
+        )
         now = self.wall()
 
         def op(conn: sqlite3.Connection) -> tuple[int, dict[str, Any], bool]:

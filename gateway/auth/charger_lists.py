@@ -10,6 +10,10 @@ LocalAuthListMaxLength, SendLocalListMaxLength, SupportedFeatureProfiles) and it
   Differential chunks, all with the target version. The version the charger holds is stored only after the last
   chunk was accepted (NULL while in progress), so an interrupted transfer is redone as Full.
 
+When the site list is larger than the charger's LocalAuthListMaxLength, `rank_for_charger` chooses what it gets
+(recently presented tokens first, Accepted before others; docs/authorization.md "Chargers' local lists"), the
+entries go out best first, and the number left out is logged and stored (`auth_charger_lists.left_out`).
+
 The store's local-list revision (bumped by every eMSP list apply, CLI and config change) says what a charger must
 hold; the listVersions sent to a charger simply count up from the one it holds (one per chunk: chargers refuse a
 Differential that is not newer), and the store keeps, per charger, the listVersion it holds and the revision that
@@ -54,6 +58,82 @@ CALL_TIMEOUT_S: Final = 30.0
 # RETRY_MAX_S: a broken charger costs a few calls an hour, a transient failure heals within seconds.
 RETRY_AFTER_FAILURE_S: Final = 10.0
 RETRY_MAX_S: Final = 600.0
+# A token presented at a charger within this long is likely to be presented again (commuters, residents, fleets
+# come back within days); older decisions say little. Ranks tokens for a list that does not fit the charger.
+RECENT_S: Final = 30 * 86400.0
+
+# (tier, status class, -last seen): smaller ranks first.
+Rank = tuple[int, int, float]
+
+
+def rank_for_charger(status: str, seen: ts.Seen | None) -> Rank:
+    """Where a token goes in a list that does not fit the charger (smaller first). `status` is what the charger
+    would be sent, `seen` when the token was last presented on the site (None: not within RECENT_S).
+
+    0. revocations: the last answer this charger got for the token was Accepted, now it is not. The charger's own
+       Authorization Cache may still hold that Accepted, and only a local-list entry overrides the cache (OCPP 1.6
+       §3.5): leaving it out would let the charger accept the token while it cannot reach the gateway;
+    1. presented at this charger recently: Accepted first, then the others, most recent first;
+    2. presented elsewhere on the site recently: the same;
+    3. the rest: Accepted first, then the others (in id order: the caller's iteration order)."""
+    accepted = status == "Accepted"
+    klass = 0 if accepted else 1
+    if seen is not None and seen.here_at is not None:
+        if not accepted and seen.here_status == "Accepted":
+            return (0, 0, -seen.here_at)
+        return (1, klass, -seen.here_at)
+    if seen is not None:
+        return (2, klass, -seen.site_at)
+    return (3, klass, 0.0)
+
+
+def select_for_charger(
+    conn: sqlite3.Connection, charger_id: str, limit: int, now: float
+) -> list[dict[str, Any]]:
+    """At most `limit` entries for this charger, best first (`rank_for_charger`). Tokens presented at this charger
+    are ranked in full (bounded by its decisions of RECENT_S); tokens presented elsewhere are looked up in order of
+    recency until the Accepted ones fill the list; the rest is filled from the list in id order, Accepted in a first
+    pass and the others in a second, each pass stopping once the list is full (so a mostly Accepted site list of
+    millions costs about `limit` rows, not a scan)."""
+    seen = ts.recent_tokens(conn, charger_id, now - RECENT_S)  # most recent on the site first
+
+    def entry(tid: str) -> dict[str, Any] | None:
+        return ts.charger_entry(ts.lookup_local(conn, tid), charger_id, now)
+
+    # tiers 0 and 1: presented here
+    ranked: list[tuple[Rank, str, dict[str, Any]]] = []
+    for tid, s in seen.items():
+        if s.here_at is not None and (e := entry(tid)) is not None:
+            ranked.append((rank_for_charger(e["idTagInfo"]["status"], s), tid, e))
+    ranked.sort(key=lambda r: (r[0], r[1]))
+    out = [e for _, _, e in ranked[:limit]]
+    # tier 2: presented elsewhere on the site, most recent first; Accepted, then the others
+    if len(out) < limit:
+        accepted: list[dict[str, Any]] = []
+        others: list[dict[str, Any]] = []
+        for tid, s in seen.items():
+            if s.here_at is not None or (e := entry(tid)) is None:
+                continue
+            (accepted if e["idTagInfo"]["status"] == "Accepted" else others).append(e)
+            if len(out) + len(accepted) >= limit:
+                break  # the Accepted ones fill the list: the others would not get in
+        out += accepted
+        out += others[: max(limit - len(out), 0)]
+        del out[limit:]
+    # tier 3: the rest, in id order
+    for want_accepted in (True, False):
+        if len(out) >= limit:
+            break
+        for row in ts.iter_local(conn, now=now):
+            if row.id in seen:
+                continue
+            e = ts.charger_entry(row.entries, charger_id, now)
+            if e is None or (e["idTagInfo"]["status"] == "Accepted") != want_accepted:
+                continue
+            out.append(e)
+            if len(out) >= limit:
+                break
+    return out
 
 
 def _parse_config(result: dict[str, Any]) -> dict[str, str]:
@@ -164,10 +244,13 @@ class ChargerLists:
         if charger_version < 0:
             await self._save(replace(state, supported=False))
             return "local list not supported (listVersion -1)"
-        plan = self._store.read(lambda c: self._plan(c, charger_id, state, charger_version))
+        # on a worker thread (its own read connection): a list for a large site must not hold up the event loop
+        plan = await asyncio.to_thread(
+            self._store.read, lambda c: self._plan(c, charger_id, state, charger_version)
+        )
         if plan is None:
             return f"in sync at version {charger_version}"
-        kind, revision, entries, truncated = plan
+        kind, revision, entries, left_out = plan
         # every SendLocalList carries a higher listVersion than the charger holds (chargers answer VersionMismatch
         # to a Differential that is not newer), so a transfer of n chunks uses n consecutive versions
         base = max(charger_version, state.version or 0)
@@ -180,17 +263,30 @@ class ChargerLists:
                 await self._save(replace(state, supported=False, last_error="NotSupported"))
                 return "local list not supported (SendLocalList NotSupported)"
             log.info("differential list to %s answered %s: sending the full list", charger_id, status)
-            kind, revision, entries, truncated = self._store.read(
-                lambda c: self._full_plan(c, charger_id, state)
+            kind, revision, entries, left_out = await asyncio.to_thread(
+                self._store.read, lambda c: self._full_plan(c, charger_id, state)
             )
         status = "?"
+        truncated = left_out > 0
         for attempt in (1, 2):
             status, base = await self._send(charger_id, state, "Full", base, entries)
             if status == "Accepted":
                 await self._save(
-                    replace(state, version=base, revision=revision, truncated=truncated, last_error=None)
+                    replace(
+                        state,
+                        version=base,
+                        revision=revision,
+                        truncated=truncated,
+                        left_out=left_out,
+                        last_error=None,
+                    )
                 )
-                suffix = f", truncated to LocalAuthListMaxLength={state.max_length}" if truncated else ""
+                suffix = (
+                    f", truncated to LocalAuthListMaxLength={state.max_length}: {left_out} tokens left out "
+                    "(recently presented and Accepted ones kept)"
+                    if truncated
+                    else ""
+                )
                 return f"full list version {base} (revision {revision}): {len(entries)} entries{suffix}"
             if status == "NotSupported":
                 await self._save(replace(state, supported=False, last_error="NotSupported"))
@@ -222,13 +318,15 @@ class ChargerLists:
             revision=old.revision if old else None,
             truncated=old.truncated if old else False,
             last_error=None,
+            left_out=old.left_out if old else 0,
         )
         await self._save(state)
         return state
 
     def _plan(
         self, conn: sqlite3.Connection, charger_id: str, state: ts.ChargerListState, charger_version: int
-    ) -> tuple[str, int, list[dict[str, Any]], bool] | None:
+    ) -> tuple[str, int, list[dict[str, Any]], int] | None:
+        """(kind, revision, entries, tokens left out) or None when the charger is in sync."""
         conn.execute("BEGIN")  # one snapshot for revision, changes and entries
         try:
             revision = ts.meta(conn, "revision")
@@ -242,28 +340,33 @@ class ChargerLists:
                     for i in ids:
                         e = ts.charger_entry(ts.lookup_local(conn, i), charger_id, now)
                         entries.append(e if e is not None else {"idTag": i})  # no idTagInfo = remove
-                    return "Differential", revision, entries, False
+                    return "Differential", revision, entries, 0
             return self._full_plan(conn, charger_id, state)
         finally:
             conn.execute("COMMIT")
 
     def _full_plan(
         self, conn: sqlite3.Connection, charger_id: str, state: ts.ChargerListState
-    ) -> tuple[str, int, list[dict[str, Any]], bool]:
+    ) -> tuple[str, int, list[dict[str, Any]], int]:
+        """The Full list: every token in id order when it fits LocalAuthListMaxLength, else the best
+        `select_for_charger` ones. Returns (kind, revision, entries, tokens left out)."""
         revision = ts.meta(conn, "revision")
         limit = state.max_length if state.max_length is not None else DEFAULT_MAX_LENGTH
         now = self._wall()
-        entries: list[dict[str, Any]] = []
-        truncated = False
-        for row in ts.iter_local(conn):
-            e = ts.charger_entry(row.entries, charger_id, now)
-            if e is None:
-                continue
-            if len(entries) >= limit:
-                truncated = True
-                break
-            entries.append(e)
-        return "Full", revision, entries, truncated
+        total = ts.count_for_charger(conn, charger_id, now)
+        if total <= limit:
+            entries: list[dict[str, Any]] = []
+            for row in ts.iter_local(conn, now=now):
+                e = ts.charger_entry(row.entries, charger_id, now)
+                if e is not None:
+                    entries.append(e)
+                    if len(entries) > limit:
+                        break  # the count was wrong (a bug): rank instead of sending a list the charger refuses
+            else:
+                return "Full", revision, entries, 0
+            total = max(total, len(entries))
+        entries = select_for_charger(conn, charger_id, limit, now)
+        return "Full", revision, entries, max(total - len(entries), 1)
 
     async def _send(
         self, charger_id: str, state: ts.ChargerListState, kind: str, base: int, entries: list[dict[str, Any]]

@@ -4,7 +4,8 @@ The CLI writes the same SQLite file as the gateway (WAL: readers and one writer 
 is short, so the gateway's writer waits at most milliseconds). The running gateway sees a change at its very next
 decision (decisions read SQLite) and pushes it to the chargers' local lists within SUPERVISE_INTERVAL_S.
 
-Subcommands: import FILE (CSV or JSON), list, add ID, block ID, remove ID, show ID.
+Subcommands: import FILE (CSV or JSON), list, add ID, block ID, remove ID, show ID, allow ID (an operator override of
+the eMSP list, gateway/auth/overrides.py), charger-lists (each charger's local-list sync status).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
+from gateway.auth import overrides
 from gateway.auth import tokenstore as ts
-from gateway.auth.decision import AuthDecision, CacheEntry, Facts, Request, evaluate
+from gateway.auth.decision import AuthDecision, CacheEntry, Facts, Request, evaluate, live_entries
 from gateway.auth.service import policy_from
 from gateway.auth.settings import AuthSection
 from gateway.auth.tokens import (
@@ -71,7 +73,7 @@ def add_subparser(subparsers: Any) -> None:
     )
 
     q = leaf("list", "list tokens", cmd_list)
-    q.add_argument("--source", choices=("all", "list", "manual", "cache"), default="all")
+    q.add_argument("--source", choices=("all", "list", "manual", "override", "cache"), default="all")
     q.add_argument("--status", choices=("Accepted", "Blocked", "Expired", "Invalid"))
     q.add_argument("--after", default="", help="start after this id (paging)")
     q.add_argument("--limit", type=int, default=100, help="most rows shown (default 100, 0 = all)")
@@ -93,6 +95,24 @@ def add_subparser(subparsers: Any) -> None:
 
     q = leaf("remove", "remove a manual token", cmd_remove)
     q.add_argument("id")
+
+    q = leaf(
+        "allow",
+        "operator override: accept a token the eMSP list blocks, for a limited time (a manual block still wins)",
+        cmd_allow,
+    )
+    q.add_argument("id")
+    q.add_argument(
+        "--until",
+        help=f"end: a duration (90m, 12h, 2d) or an ISO 8601 date-time; default "
+        f"{overrides.DEFAULT_S / 3600:g}h, at most {overrides.MAX_S / 86400:g} days",
+    )
+    q.add_argument("--reason", help="why (recorded with the override and sent to the eMSP)")
+    q.add_argument("--end", action="store_true", help="end the token's override now")
+
+    leaf(
+        "charger-lists", "each charger's local list: version, size limit, tokens left out", cmd_charger_lists
+    )
 
     q = leaf(
         "show", "everything known about one token, and what a charger would be answered offline", cmd_show
@@ -237,7 +257,14 @@ def _entry_dict(e: Any, source: str) -> dict[str, Any]:
     cached_at = getattr(e, "cached_at", None)
     if cached_at is not None:
         d["cached_at"] = format_expiry(cached_at)
+    if source == "override":
+        d["until"] = d.pop("expiry", None)
+        d["reason"] = getattr(e, "note", None)
     return d
+
+
+def _source_name(source: str) -> str:
+    return {"local_list": "list"}.get(source, source)
 
 
 def _print_rows(rows: Iterator[dict[str, Any]], as_json: bool, out: TextIO) -> int:
@@ -250,7 +277,7 @@ def _print_rows(rows: Iterator[dict[str, Any]], as_json: bool, out: TextIO) -> i
             print(json.dumps(d, separators=(",", ":")), file=out)
         else:
             print(
-                f"{d['id']:<20} {d['source']:<10} {d['status']:<9} {d.get('expiry') or '-':<20} "
+                f"{d['id']:<20} {d['source']:<10} {d['status']:<9} {d.get('expiry') or d.get('until') or '-':<20} "
                 f"{d.get('parent_id') or '-':<20} {','.join(d.get('chargers') or []) or '*'}",
                 file=out,
             )
@@ -275,15 +302,20 @@ def cmd_list(args: argparse.Namespace) -> int:
                 n += 1
                 yield _entry_dict(ce, "cache")
             return
-        want = {"all": ("local_list", "manual"), "list": ("local_list",), "manual": ("manual",)}[args.source]
-        for row in ts.iter_local(conn, after=args.after):
+        want = {
+            "all": ("local_list", "manual", "override"),
+            "list": ("local_list",),
+            "manual": ("manual",),
+            "override": ("override",),
+        }[args.source]
+        for row in ts.iter_local(conn, after=args.after, now=time.time()):
             for e in row.entries:
                 if e.source not in want or (args.status and e.status != args.status):
                     continue
                 if limit is not None and n >= limit:
                     return
                 n += 1
-                yield _entry_dict(e, "list" if e.source == "local_list" else "manual")
+                yield _entry_dict(e, _source_name(e.source))
 
     def go(store: Store, cfg: SiteConfig) -> int:
         n = store.read(lambda c: _print_rows(rows(c), args.json, sys.stdout))
@@ -309,11 +341,15 @@ def cmd_show(args: argparse.Namespace) -> int:
                 ).fetchall(),
             )
         )
+        now = time.time()
         print(f"token {token}")
         if not local and cache is None:
-            print("  not in the local list, the manual tokens or the cache")
+            print("  not in the local list, the manual tokens, the overrides or the cache")
         for e in local:
-            print("  " + json.dumps(_entry_dict(e, "list" if e.source == "local_list" else "manual")))
+            shown = _entry_dict(e, _source_name(e.source))
+            if e.source == "override" and not live_entries((e,), now):
+                shown["ended"] = True
+            print("  " + json.dumps(shown))
         if cache is not None:
             print("  " + json.dumps(_entry_dict(cache, "cache")))
         policy = policy_from(_auth_settings(cfg))
@@ -321,7 +357,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             Request(charger_id=args.charger or "*", id_tag=token, purpose="authorize"),
             Facts(local=local, cache=cache, emsp_reachable=False),
             policy,
-            time.time(),
+            now,
         )
         assert isinstance(d, AuthDecision)  # the eMSP is not asked here
         print(f"  offline answer at {args.charger or 'any charger'}: {d.status} via {d.source} ({d.reason})")
@@ -345,8 +381,17 @@ def cmd_add(args: argparse.Namespace) -> int:
                 "chargers": args.chargers,
             }
         )
-        store.write_sync(lambda c: ts.upsert_manual(c, [spec], time.time(), origin="cli", note=args.note))
-        print(f"{spec.id}: {spec.status} (manual)")
+        now = time.time()
+
+        def add(c: sqlite3.Connection) -> overrides.Override | None:
+            ts.upsert_manual(c, [spec], now, origin="cli", note=args.note)
+            if spec.status == "Accepted":
+                return None
+            # the operator's manual refusal wins over an override anyway: end it, on the record
+            return overrides.end(c, spec.id, f"tokens add --status {spec.status}", now)
+
+        ended = store.write_sync(add)
+        print(f"{spec.id}: {spec.status} (manual)" + ("; its operator override ended" if ended else ""))
         return 0
 
     return _run(args, go)
@@ -356,7 +401,7 @@ def cmd_block(args: argparse.Namespace) -> int:
     def go(store: Store, cfg: SiteConfig) -> int:
         token = normalize_id(args.id)
 
-        def block(c: sqlite3.Connection) -> None:
+        def block(c: sqlite3.Connection) -> overrides.Override | None:
             old = c.execute(
                 "SELECT expiry, parent_id, chargers FROM auth_manual WHERE id = ?", (token,)
             ).fetchone()
@@ -367,10 +412,15 @@ def cmd_block(args: argparse.Namespace) -> int:
                 parent_id=old[1] if old else None,
                 chargers=decode_chargers(old[2]) if old else None,
             )
-            ts.upsert_manual(c, [spec], time.time(), origin="cli", note=args.note)
+            now = time.time()
+            ts.upsert_manual(c, [spec], now, origin="cli", note=args.note)
+            return overrides.end(c, token, "tokens block" + (f": {args.note}" if args.note else ""), now)
 
-        store.write_sync(block)
-        print(f"{token}: Blocked (manual; wins over the eMSP list and the cache)")
+        ended = store.write_sync(block)
+        print(
+            f"{token}: Blocked (manual; wins over the eMSP list and the cache)"
+            + ("; its operator override ended" if ended else "")
+        )
         return 0
 
     return _run(args, go)
@@ -384,6 +434,70 @@ def cmd_remove(args: argparse.Namespace) -> int:
             print(f"chargegate tokens: {token} is not a manual token", file=sys.stderr)
             return 1
         print(f"{token}: removed")
+        return 0
+
+    return _run(args, go)
+
+
+# -- allow (operator override) --------------------------------------------------------------------------------------
+def cmd_allow(args: argparse.Namespace) -> int:
+    def go(store: Store, cfg: SiteConfig) -> int:
+        token = normalize_id(args.id)
+        now = time.time()
+        if args.end:
+            if args.until is not None:
+                raise TokenError("--end and --until exclude each other")
+            why = "tokens allow --end" + (f": {overrides.clean_reason(args.reason)}" if args.reason else "")
+            ended = store.write_sync(lambda c: overrides.end(c, token, why, now))
+            if ended is None:
+                print(f"chargegate tokens: {token} has no operator override", file=sys.stderr)
+                return 1
+            print(f"{token}: operator override ended")
+            return 0
+        until = overrides.parse_until(args.until, now)
+        o, beaten = store.write_sync(lambda c: overrides.grant(c, token, until, args.reason, now))
+        print(
+            f"{token}: Accepted until {format_expiry(o.until)} (operator override"
+            + (f" of {beaten}" if beaten else "")
+            + f"; `chargegate tokens block {token}` or `tokens allow {token} --end` ends it)"
+        )
+        if o.reason is None:
+            print("  note: no --reason given; the eMSP sees the override without one", file=sys.stderr)
+        return 0
+
+    return _run(args, go)
+
+
+# -- charger lists --------------------------------------------------------------------------------------------------
+def cmd_charger_lists(args: argparse.Namespace) -> int:
+    def go(store: Store, cfg: SiteConfig) -> int:
+        rows, revision = store.read(
+            lambda c: (
+                c.execute(
+                    "SELECT charger_id, supported, enabled, max_length, version, revision, left_out, updated_at, "
+                    "last_error FROM auth_charger_lists ORDER BY charger_id"
+                ).fetchall(),
+                ts.meta(c, "revision"),
+            )
+        )
+        print(
+            f"{'CHARGER':<20} {'STATE':<12} {'VERSION':>8} {'MAX':>7} {'LEFT OUT':>8}  UPDATED / LAST ERROR"
+        )
+        for r in rows:
+            if not r[1]:
+                state = "unsupported"
+            elif not r[2]:
+                state = "disabled"
+            elif r[5] is None:
+                state = "syncing"
+            else:
+                state = "in sync" if r[5] == revision else "behind"
+            err = f" / {r[8]}" if r[8] else ""
+            print(
+                f"{r[0]:<20} {state:<12} {r[4] if r[4] is not None else '-':>8} "
+                f"{r[3] if r[3] is not None else '-':>7} {r[6]:>8}  {format_expiry(r[7])}{err}"
+            )
+        print(f"({len(rows)} chargers; local list revision {revision})")
         return 0
 
     return _run(args, go)

@@ -4,12 +4,18 @@
 the answer depends on the eMSP; the caller (gateway/auth/service.py) then asks it within the budget and calls
 `evaluate` again with the answer (or None when none came). Order:
 
-1. the local list (eMSP list + manual tokens): a hit answers at once. When both hold the token, the most restrictive
-   wins (Blocked > Expired > Invalid > Accepted), so an operator can block an eMSP card but not un-block one.
+1. the local list (eMSP list + manual tokens + operator overrides): a hit answers at once. When the eMSP list and
+   the manual tokens both hold the token, the most restrictive wins (Blocked > Expired > Invalid > Accepted), so an
+   operator can block an eMSP card. A live operator override (`chargegate tokens allow`) beats the eMSP list's
+   Blocked / Expired / Invalid (and the eMSP's online answer: it is never asked), but not a manual refusal and not
+   a restriction to other chargers.
 2. with `local_pre_authorize`, a fresh cached Accepted answers at once.
 3. the eMSP, when reachable.
-4. the authorization cache: a fresh (within TTL) Accepted, or a negative answer of any age.
+4. the authorization cache: a fresh (within TTL) Accepted, or a negative answer of any age (ConcurrentTx excepted:
+   it is about a transaction, not the token).
 5. the offline policy for tokens known to nobody.
+6. for an Authorize or a start with `concurrent_sessions = "refuse"`: an Accepted token that already has an active
+   transaction elsewhere is answered ConcurrentTx (`concurrent_conflicts`).
 
 A token's expiry date always wins over an Accepted status. For a stop, the session's own token and any Accepted
 token of the same parent group (OCPP 1.6 parentIdTag) may stop it; the offline policy never lets an unknown token
@@ -18,19 +24,28 @@ stop someone else's session.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, Literal
 
 from gateway.auth.emsp import EmspAuthAnswer
 from gateway.auth.tokens import TokenStatus, format_expiry
 
 DecisionStatus = Literal["Accepted", "Blocked", "Expired", "Invalid", "ConcurrentTx"]
-Source = Literal["local_list", "manual", "cache", "emsp", "offline_policy", "session"]
-AuthMethod = Literal["WHITELIST", "AUTH_CACHE", "AUTH_REQUEST", "OFFLINE_UNKNOWN", "SESSION_TOKEN"]
-Purpose = Literal[
-    "authorize", "start", "stop", "recheck"
-]  # recheck: a later eMSP check of an offline-policy session
+Source = Literal["local_list", "manual", "override", "cache", "emsp", "offline_policy", "session"]
+AuthMethod = Literal[
+    "WHITELIST", "AUTH_CACHE", "AUTH_REQUEST", "OFFLINE_UNKNOWN", "SESSION_TOKEN", "OPERATOR_OVERRIDE"
+]
+# recheck: a later eMSP check of an offline-policy session; override: an operator override granted or ended (an
+# audit record, charger '*')
+Purpose = Literal["authorize", "start", "stop", "recheck", "override"]
 PolicyMode = Literal["reject", "accept", "accept_limited"]
+ConcurrentMode = Literal["allow", "refuse"]
+
+# A late-delivered (offline-queued) StartTransaction is not refused because of an active transaction that began
+# after it did. "After" compares the charger's start timestamp with the gateway's receive time of the other start,
+# so it allows this much clock difference between charger and gateway (chargers set their clock from the gateway's
+# Heartbeat / BootNotification currentTime; a minute covers drift between those).
+START_ORDER_SLACK_S: Final = 60.0
 
 # Most restrictive first: when two local sources disagree, the higher rank wins.
 _RANK: Final[dict[str, int]] = {"Accepted": 0, "Invalid": 1, "Expired": 2, "Blocked": 3, "ConcurrentTx": 1}
@@ -45,8 +60,11 @@ class LocalEntry:
     expiry: float | None
     parent_id: str | None
     chargers: tuple[str, ...] | None
-    source: Literal["local_list", "manual"]
+    # 'override': an operator override; `expiry` is its end ("until"), after which it no longer exists (it never
+    # turns Expired), `note` its reason
+    source: Literal["local_list", "manual", "override"]
     list_version: int | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +85,16 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class ActiveSession:
+    """An active transaction of the token being decided (the transactions table)."""
+
+    transaction_id: int
+    charger_id: str
+    connector_id: int
+    started_at: float  # gateway wall clock when its StartTransaction was stored, UNIX seconds
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     offline: PolicyMode = "reject"
     limited_max_kwh: float = 10.0  # 0 = no cap
@@ -74,6 +102,8 @@ class Policy:
     limited_max_concurrent: int = 2
     cache_ttl_s: float = 86400.0
     local_pre_authorize: bool = False
+    concurrent_sessions: ConcurrentMode = "allow"
+    concurrent_stale_after_s: float = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +115,9 @@ class Request:
     # For a stop: the session's start token and its parent group (None when the session is unknown).
     session_id_tag: str | None = None
     session_parent_id: str | None = None
+    # For a start: its connector (None: unknown) and the charger's start timestamp (UNIX seconds; None: unknown)
+    connector_id: int | None = None
+    start_time: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +128,8 @@ class Facts:
     cache: CacheEntry | None = None
     emsp_reachable: bool = False
     limited_active: int = 0  # accept_limited sessions active on the site
+    # the token's active transactions (read only with concurrent_sessions = "refuse", for an Authorize or a start)
+    active_sessions: tuple[ActiveSession, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,17 +188,57 @@ def effective_status(status: str, expiry: float | None, now: float) -> str:
     return status
 
 
+def live_entries(entries: tuple[LocalEntry, ...], now: float) -> tuple[LocalEntry, ...]:
+    """The entries that exist at `now`: an operator override whose end has passed is gone (it never turns Expired)."""
+    if all(e.source != "override" for e in entries):
+        return entries
+    return tuple(e for e in entries if e.source != "override" or (e.expiry is not None and e.expiry > now))
+
+
+def _why(e: LocalEntry, status: str) -> str:
+    return {
+        "Accepted": "listed Accepted",
+        "Blocked": "listed Blocked",
+        "Expired": "listed Expired" if e.status == "Expired" else "expiry date passed",
+        "Invalid": "listed Invalid",
+    }[status]
+
+
 def merge_local(entries: tuple[LocalEntry, ...], charger_id: str, now: float) -> tuple[LocalEntry, str, str]:
-    """The deciding local entry, its effective status at this charger, and why. Requires entries non-empty."""
+    """The deciding local entry, its effective status at this charger, and why. Requires live entries (see
+    `live_entries`), at least one.
+
+    Without an override: the most restrictive of the eMSP list's and the manual entry wins. With a live override:
+    a manual refusal (Blocked / Expired / Invalid: the operator's own, permanent word) still wins; a restriction
+    of the token to other chargers still holds (Invalid here); otherwise the override answers Accepted, whatever
+    the eMSP list says."""
+    override = next((e for e in entries if e.source == "override"), None)
+    others = tuple(e for e in entries if e.source != "override")
+    if override is not None:
+        for e in others:
+            if e.source == "manual":
+                status = effective_status(e.status, e.expiry, now)
+                if status != "Accepted":
+                    return e, status, _why(e, status) + " (manual: wins over the operator override)"
+        for e in others:
+            if e.chargers is not None and charger_id not in e.chargers:
+                return (
+                    override,
+                    "Invalid",
+                    "not valid at this charger (an override does not widen a restriction)",
+                )
+        beaten = [effective_status(e.status, e.expiry, now) for e in others]
+        refused = sorted({b for b in beaten if b != "Accepted"}, key=lambda b: -_RANK[b])
+        why = "operator override"
+        if override.note:
+            why += f" ({override.note})"
+        if refused:
+            why += f" beats listed {refused[0]}"
+        return override, "Accepted", why
     best: tuple[int, LocalEntry, str, str] | None = None
-    for e in entries:
+    for e in others:
         status = effective_status(e.status, e.expiry, now)
-        why = {
-            "Accepted": "listed Accepted",
-            "Blocked": "listed Blocked",
-            "Expired": "listed Expired" if e.status == "Expired" else "expiry date passed",
-            "Invalid": "listed Invalid",
-        }[status]
+        why = _why(e, status)
         if status == "Accepted" and e.chargers is not None and charger_id not in e.chargers:
             status, why = "Invalid", "not valid at this charger"
         rank = _RANK[status]
@@ -172,6 +247,59 @@ def merge_local(entries: tuple[LocalEntry, ...], charger_id: str, now: float) ->
             best = (rank, e, status, why)
     assert best is not None
     return best[1], best[2], best[3]
+
+
+def concurrent_conflicts(
+    req: Request, sessions: tuple[ActiveSession, ...], policy: Policy, now: float
+) -> tuple[list[ActiveSession], list[ActiveSession]]:
+    """(the active transactions that make this request a concurrent one, the overlapping ones that do not because
+    they began after this start did). Not counted:
+
+    * transactions whose StartTransaction reached the gateway more than `concurrent_stale_after_s` ago (one whose
+      StopTransaction was lost must not lock the token out for ever);
+    * for an Authorize (OCPP 1.6 Authorize.req names no connector) every transaction at the same charger: a charger
+      that lost a transaction (power cut, no StopTransaction) must not lock its driver out; a second connector of
+      the same charger is caught by the StartTransaction that follows;
+    * for a start: the transaction on the same connector of the same charger (a connector holds one transaction:
+      a resent StartTransaction, or a new start after the charger forgot the old one); without a connector, every
+      one at the same charger, as for an Authorize;
+    * for a start delivered late (its charger timestamp within the stale window and before now): transactions that
+      began more than START_ORDER_SLACK_S after it. When it started, offline, the token was not in them."""
+    conflicts: list[ActiveSession] = []
+    later: list[ActiveSession] = []
+    start = req.start_time
+    if start is not None and not now - policy.concurrent_stale_after_s <= start <= now + START_ORDER_SLACK_S:
+        start = None  # a charger clock far off says nothing about the order
+    for s in sessions:
+        if s.transaction_id == req.transaction_id or now - s.started_at > policy.concurrent_stale_after_s:
+            continue
+        if s.charger_id == req.charger_id and (
+            req.purpose != "start" or req.connector_id is None or s.connector_id == req.connector_id
+        ):
+            continue
+        if req.purpose == "start" and start is not None and s.started_at > start + START_ORDER_SLACK_S:
+            later.append(s)
+            continue
+        conflicts.append(s)
+    return conflicts, later
+
+
+def _concurrency(req: Request, facts: Facts, policy: Policy, now: float, d: AuthDecision) -> AuthDecision:
+    if policy.concurrent_sessions != "refuse" or not d.accepted or req.purpose not in ("authorize", "start"):
+        return d
+    conflicts, later = concurrent_conflicts(req, facts.active_sessions, policy, now)
+    if conflicts:
+        s = min(conflicts, key=lambda c: c.started_at)
+        return _with(
+            d,
+            "ConcurrentTx",
+            f"already in transaction {s.transaction_id} at {s.charger_id} connector {s.connector_id} "
+            f"(concurrent_sessions = refuse); the token itself: {d.reason}",
+        )
+    if later:
+        ids = ", ".join(str(s.transaction_id) for s in later)
+        return _with(d, "Accepted", f"{d.reason}; overlaps transaction(s) {ids} that began after this start")
+    return d
 
 
 def _decision(
@@ -213,9 +341,9 @@ def _stop_verdict(req: Request, d: AuthDecision) -> AuthDecision:
 
 
 def _with(d: AuthDecision, status: str, reason: str) -> AuthDecision:
-    from dataclasses import replace
-
-    return replace(d, status=status, reason=reason, limits=None)  # type: ignore[arg-type]
+    """The decision with another status and reason; limits only stay on an Accepted one."""
+    limits = d.limits if status == "Accepted" else None
+    return replace(d, status=status, reason=reason, limits=limits)  # type: ignore[arg-type]
 
 
 def evaluate(
@@ -236,22 +364,27 @@ def evaluate(
             )
         d = _token_verdict(req, facts, policy, now, emsp)
         return d if isinstance(d, _AskEmsp) else _stop_verdict(req, d)
-    return _token_verdict(req, facts, policy, now, emsp)
+    d = _token_verdict(req, facts, policy, now, emsp)
+    return d if isinstance(d, _AskEmsp) else _concurrency(req, facts, policy, now, d)
 
 
 def _token_verdict(
     req: Request, facts: Facts, policy: Policy, now: float, emsp: EmspResult
 ) -> AuthDecision | _AskEmsp:
-    # 1. local list
-    if facts.local:
-        entry, status, why = merge_local(facts.local, req.charger_id, now)
+    # 1. local list (eMSP list, manual tokens, operator overrides)
+    local = live_entries(facts.local, now)
+    if local:
+        entry, status, why = merge_local(local, req.charger_id, now)
         parent = entry.parent_id
         if parent is None:
-            parent = next((e.parent_id for e in facts.local if e.parent_id is not None), None)
+            parent = next((e.parent_id for e in local if e.parent_id is not None), None)
         source: Source = entry.source
-        return _decision(req, status, entry.expiry, parent, source, "WHITELIST", why, now)
+        method: AuthMethod = "OPERATOR_OVERRIDE" if source == "override" else "WHITELIST"
+        return _decision(req, status, entry.expiry, parent, source, method, why, now)
 
     cache = facts.cache
+    if cache is not None and cache.status == "ConcurrentTx":
+        cache = None  # an answer about a transaction that has most likely ended, not about the token
     fresh = cache is not None and 0 <= now - cache.cached_at < policy.cache_ttl_s
     # 2. pre-authorize from a fresh cached Accepted
     if policy.local_pre_authorize and cache is not None and fresh and cache.status == "Accepted":

@@ -8,9 +8,13 @@ StopTransaction), or with `record_authorize(decision)` for an Authorize, which i
 it lets in a token the store does not vouch for (`answer_before_commit`; docs/authorization.md, "What is durable
 before the answer").
 
+For an Authorize or a start it also reads the token's active transactions when `concurrent_sessions = "refuse"`
+(the ConcurrentTx check is pure: decision.concurrent_conflicts).
+
 A supervisor task (started by `start()`) re-checks sessions started under the offline policy once the eMSP is
-reachable, enforces accept_limited caps with RemoteStopTransaction, and notices token-list changes made by other
-processes (the CLI) so the chargers' local lists follow.
+reachable, enforces accept_limited caps with RemoteStopTransaction, ends operator overrides whose time is up
+(gateway/auth/overrides.py), and notices token-list changes made by other processes (the CLI) so the chargers' local
+lists follow.
 """
 
 from __future__ import annotations
@@ -18,19 +22,22 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any, Final
 
-from gateway import events
+from gateway.auth import overrides
 from gateway.auth import tokenstore as ts
 from gateway.auth.decision import (
     ASK_EMSP,
     NOT_ASKED,
+    ActiveSession,
     AuthDecision,
     EmspResult,
     Facts,
@@ -51,6 +58,7 @@ from gateway.auth.tokens import (
     normalize_id,
     parse_entry,
 )
+from gateway.auth.tokenstore import decision_body
 from gateway.commands import ChargerCommands
 from gateway.errors import ChargegateError
 from gateway.store import Store
@@ -83,10 +91,10 @@ PRUNE_BATCH: Final = 10_000
 # writes both within milliseconds); a reservation whose record never came is forgotten after this long.
 RESERVATION_S: Final = 30.0
 
-# Sources of an answer that is reproducible from committed data: the store's local list (eMSP list, manual tokens)
-# and the authorization cache, read on a WAL reader connection, which sees committed (synchronous=FULL: fsynced)
-# transactions only.
-DURABLE_SOURCES: Final[frozenset[Source]] = frozenset({"local_list", "manual", "cache"})
+# Sources of an answer that is reproducible from committed data: the store's local list (eMSP list, manual tokens,
+# operator overrides) and the authorization cache, read on a WAL reader connection, which sees committed
+# (synchronous=FULL: fsynced) transactions only.
+DURABLE_SOURCES: Final[frozenset[Source]] = frozenset({"local_list", "manual", "override", "cache"})
 
 ListListener = Callable[[], None]
 
@@ -114,6 +122,8 @@ def policy_from(settings: AuthSection) -> Policy:
         limited_max_concurrent=settings.limited_max_concurrent,
         cache_ttl_s=settings.cache_ttl_s,
         local_pre_authorize=settings.local_pre_authorize,
+        concurrent_sessions=settings.concurrent_sessions,
+        concurrent_stale_after_s=settings.concurrent_stale_after_s,
     )
 
 
@@ -181,27 +191,42 @@ class AuthService:
         await self.flush_records()
 
     # -- decisions --------------------------------------------------------------------------------------------------
-    def _facts(self, token: str, transaction_id: int | None) -> tuple[Facts, tuple[str, str | None] | None]:
+    def _facts(
+        self, token: str, purpose: Purpose, transaction_id: int | None, now: float
+    ) -> tuple[Facts, tuple[str, str | None] | None]:
         def q(conn: sqlite3.Connection) -> tuple[Facts, tuple[str, str | None] | None]:
             session = ts.session_tokens(conn, transaction_id) if transaction_id is not None else None
             limited = 0
             if self.policy.offline == "accept_limited":
                 limited = ts.limited_active(conn) + self._live_reservations()
+            active: tuple[ActiveSession, ...] = ()
+            if self.policy.concurrent_sessions == "refuse" and purpose in ("authorize", "start"):
+                active = ts.active_sessions(conn, token, now - self.policy.concurrent_stale_after_s)
             facts = Facts(
                 local=ts.lookup_local(conn, token),
                 cache=ts.lookup_cache(conn, token),
                 emsp_reachable=self._emsp is not None and self._emsp.reachable(),
                 limited_active=limited,
+                active_sessions=active,
             )
             return facts, session
 
         return self._store.read(q)
 
     async def decide(
-        self, charger_id: str, id_tag: str, *, purpose: Purpose, transaction_id: int | None = None
+        self,
+        charger_id: str,
+        id_tag: str,
+        *,
+        purpose: Purpose,
+        transaction_id: int | None = None,
+        connector_id: int | None = None,
+        start_ts: str | None = None,
     ) -> AuthDecision:
         """Decide whether `id_tag` may authorize / start / stop at `charger_id`. Awaits the eMSP at most
-        `emsp_budget_s`. Never raises for bad input: a malformed idTag is answered Invalid."""
+        `emsp_budget_s`. Never raises for bad input: a malformed idTag is answered Invalid. For a start,
+        `connector_id` and the charger's `start_ts` (StartTransaction.timestamp) refine the ConcurrentTx check
+        (decision.concurrent_conflicts); without them every transaction at the same charger is left out of it."""
         t0 = self._mono()
         now = self._wall()
         try:
@@ -221,7 +246,7 @@ class AuthService:
                 transaction_id=transaction_id,
             )
             return self._finish(d, t0)
-        facts, session = self._facts(token, transaction_id)
+        facts, session = self._facts(token, purpose, transaction_id, now)
         req = Request(
             charger_id=charger_id,
             id_tag=token,
@@ -229,6 +254,8 @@ class AuthService:
             transaction_id=transaction_id,
             session_id_tag=session[0] if session else None,
             session_parent_id=session[1] if session else None,
+            connector_id=connector_id,
+            start_time=_charger_time(start_ts),
         )
         result = evaluate(req, facts, self.policy, now)
         if result is ASK_EMSP:
@@ -278,6 +305,8 @@ class AuthService:
             return None
 
     def _cache_answer(self, token: str, answer: EmspAuthAnswer) -> None:
+        if answer.status == "ConcurrentTx":
+            return  # about a transaction, not the token (put_cache would refuse it too)
         now = self._wall()
         cap = self.settings.cache_max_entries
 
@@ -296,23 +325,7 @@ class AuthService:
         outbox event and, for a session started under the offline policy, its re-check entry."""
         d = decision
         tx = transaction_id if transaction_id is not None else d.transaction_id
-        conn.execute(
-            "INSERT INTO auth_decisions (decided_at, charger_id, id_tag, purpose, status, source, auth_method, "
-            "reason, latency_ms, transaction_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                d.decided_at,
-                d.charger_id,
-                d.id_tag,
-                d.purpose,
-                d.status,
-                d.source,
-                d.auth_method,
-                d.reason,
-                d.latency_ms,
-                tx,
-            ),
-        )
-        events.emit(conn, events.AUTH_DECISION, decision_body(d, tx), charger_id=d.charger_id)
+        ts.record_decision(conn, d, tx)
         if d.purpose == "start" and d.limits is not None and d.accepted:
             with self._reservations_lock:
                 if self._reservations:
@@ -395,6 +408,37 @@ class AuthService:
 
     async def hook_transaction_stopped(self, charger_id: str, connector_id: int, transaction_id: int) -> None:
         self.on_transaction_stopped(transaction_id)
+
+    # -- operator overrides ---------------------------------------------------------------------------------------
+    async def grant_override(
+        self, id_tag: str, until: str | None = None, reason: str | None = None
+    ) -> dict[str, Any]:
+        """`chargegate tokens allow` for an in-process caller (e.g. a control op): the override of one token, until
+        `until` (a duration such as '12h' or an ISO 8601 date-time; default overrides.DEFAULT_S). Raises TokenError
+        (nothing changed) for a bad idTag / time, a manual refusal of the token, or too many live overrides."""
+        token = normalize_id(id_tag)
+        now = self._wall()
+        end = overrides.parse_until(until, now)
+        o, beaten = await self._store.write(lambda c: overrides.grant(c, token, end, reason, now))
+        log.info(
+            "operator override of %s until %s%s",
+            mask(token),
+            format_expiry(o.until),
+            f" ({beaten})" if beaten else "",
+        )
+        self._list_changed()
+        return {"id": token, "until": format_expiry(o.until), "reason": o.reason, "overrides": beaten}
+
+    async def end_override(self, id_tag: str, reason: str) -> bool:
+        """End a token's override now (recorded with `reason`); False when it had none."""
+        token = normalize_id(id_tag)
+        now = self._wall()
+        ended = await self._store.write(lambda c: overrides.end(c, token, reason, now))
+        if ended is None:
+            return False
+        log.info("operator override of %s ended early: %s", mask(token), reason)
+        self._list_changed()
+        return True
 
     # -- eMSP lists -----------------------------------------------------------------------------------------------
     def list_version(self) -> int:
@@ -539,7 +583,13 @@ class AuthService:
                 log.exception("auth supervisor round failed")
 
     async def supervise_once(self) -> None:
-        """One round: notice list changes by other processes, re-check offline sessions, enforce caps."""
+        """One round: end overrides whose time is up, notice list changes (by other processes too), re-check offline
+        sessions, enforce caps."""
+        now = self._wall()
+        if self._store.read(lambda c: overrides.any_due(c, now)):
+            ended = await self._store.write(lambda c: overrides.expire_due(c, now))
+            for tid in ended:
+                log.info("operator override of %s ended", mask(tid))
         rev = self._store.read(lambda c: ts.meta(c, "revision"))
         if rev != self._known_revision:
             self._list_changed()
@@ -711,25 +761,18 @@ def _energy_wh(conn: sqlite3.Connection, *, charger_id: str, connector_id: int, 
     return v * 1000.0 if r[1] == "kWh" else v
 
 
-def decision_body(d: AuthDecision, transaction_id: int | None) -> dict[str, Any]:
-    """The AUTH_DECISION event body (docs/authorization.md)."""
-    return {
-        "charger_id": d.charger_id,
-        "id_tag": d.id_tag,
-        "purpose": d.purpose,
-        "status": d.status,
-        "source": d.source,
-        "auth_method": d.auth_method,
-        "reason": d.reason,
-        "latency_ms": d.latency_ms,
-        "transaction_id": transaction_id,
-        "decided_at": format_expiry(d.decided_at),
-        "expiry_date": d.expiry_date,
-        "parent_id_tag": d.parent_id_tag,
-        "limits": None
-        if d.limits is None
-        else {"max_kwh": d.limits.max_kwh, "max_minutes": d.limits.max_minutes},
-    }
+def _charger_time(raw: str | None) -> float | None:
+    """UNIX seconds of a charger timestamp (ISO 8601; no zone = UTC); None when absent or unreadable."""
+    if not isinstance(raw, str):
+        return None
+    try:
+        dt = datetime.fromisoformat(raw.strip())
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        value = dt.timestamp()
+    except (ValueError, OverflowError, OSError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 __all__ = ["NOT_ASKED", "AuthDecision", "AuthService", "decision_body"]

@@ -6,6 +6,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 OfflinePolicyMode = Literal["reject", "accept", "accept_limited"]
+ConcurrentSessionsMode = Literal["allow", "refuse"]
+
+# Bounds of concurrent_stale_after_s: below a minute a charger's own StartTransaction resend window would already
+# count as stale; beyond 30 days a lost StopTransaction would lock a card out for a month.
+MIN_CONCURRENT_STALE_S = 60.0
+MAX_CONCURRENT_STALE_S = 30 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,14 @@ class AuthSection:
     invalid_action: Literal["stop", "flag"] = "stop"
     # Keep chargers' OCPP local authorization lists in step with the token store (SendLocalList).
     sync_charger_lists: bool = True
+    # An idTag that already has an active transaction on another charger (or another connector of the same charger):
+    # 'allow' lets it start another one (OCPP 1.6 sets no limit); 'refuse' answers its Authorize and
+    # StartTransaction with idTagInfo status ConcurrentTx. Per idTag, not per parent group (a fleet's parentIdTag
+    # is shared by many drivers). An offline-queued StartTransaction answered ConcurrentTx is still recorded.
+    concurrent_sessions: ConcurrentSessionsMode = "allow"
+    # Active transactions whose StartTransaction reached the gateway longer ago than this (seconds) do not count
+    # for 'refuse': a transaction whose StopTransaction never came must not lock its card out for ever.
+    concurrent_stale_after_s: float = 86400.0
 
     def validate(self) -> str | None:
         if not 0 < self.emsp_budget_s <= 30:
@@ -50,6 +64,11 @@ class AuthSection:
             return "limited_max_concurrent: expected >= 0"
         if not 0 < self.cache_max_entries <= 10_000_000:
             return "cache_max_entries: expected 1..10000000"
+        if not MIN_CONCURRENT_STALE_S <= self.concurrent_stale_after_s <= MAX_CONCURRENT_STALE_S:
+            return (
+                f"concurrent_stale_after_s: expected {MIN_CONCURRENT_STALE_S:g}..{MAX_CONCURRENT_STALE_S:g} seconds "
+                "(a transaction older than this no longer blocks its token)"
+            )
         for t in self.allow:
             if not t.strip() or len(t.strip()) > 20:
                 return f"allow: {t[:24]!r} is not an idTag of 1..20 characters"

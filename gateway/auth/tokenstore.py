@@ -13,7 +13,11 @@ Tables (component 'auth'):
 - auth_changes: (revision, id) of every differential / manual change, for differential charger-list updates.
 - auth_decisions: every decision, with source, method, reason and latency.
 - auth_offline_sessions: sessions started under the offline policy, re-checked with the eMSP later.
-- auth_charger_lists: per charger: local-list support, size limits and the list version it holds.
+- auth_charger_lists: per charger: local-list support, size limits, the list version it holds and, when its
+  LocalAuthListMaxLength is smaller than the site list, how many tokens were left out (`left_out`).
+- auth_overrides: operator overrides (`chargegate tokens allow`): the token is Accepted until `until` whatever the
+  eMSP list says (gateway/auth/overrides.py); a row past its `until` no longer counts and is deleted by the
+  gateway's supervisor.
 """
 
 from __future__ import annotations
@@ -23,8 +27,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.auth.decision import CacheEntry, LocalEntry, merge_local
-from gateway.auth.tokens import TokenSpec, decode_chargers, encode_chargers
+from gateway import events
+from gateway.auth.decision import (
+    ActiveSession,
+    AuthDecision,
+    CacheEntry,
+    LocalEntry,
+    live_entries,
+    merge_local,
+)
+from gateway.auth.tokens import TokenSpec, decode_chargers, encode_chargers, format_expiry
 from gateway.store import register_migrations
 
 MIGRATIONS = [
@@ -103,6 +115,18 @@ MIGRATIONS = [
         last_error TEXT
     );
     """,
+    """
+    CREATE TABLE auth_overrides (
+        id TEXT PRIMARY KEY,
+        until REAL NOT NULL,
+        reason TEXT,
+        created_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX auth_overrides_by_until ON auth_overrides (until);
+    ALTER TABLE auth_charger_lists ADD COLUMN left_out INTEGER NOT NULL DEFAULT 0;
+    -- recently seen tokens rank first in a charger's truncated local list; also serves the retention prune
+    CREATE INDEX auth_decisions_by_time ON auth_decisions (decided_at);
+    """,
 ]
 register_migrations("auth", MIGRATIONS)
 
@@ -141,13 +165,16 @@ def bump_revision(conn: sqlite3.Connection, changed: Iterable[str] | None) -> in
 
 # -- lookups ------------------------------------------------------------------------------------------------------
 _LOOKUP_LOCAL = (
-    "SELECT id, status, expiry, parent_id, chargers, list_version, 'local_list' FROM auth_list "
+    "SELECT id, status, expiry, parent_id, chargers, list_version, 'local_list', NULL FROM auth_list "
     "WHERE gen = (SELECT value FROM auth_meta WHERE key = 'active_gen') AND id = :id "
-    "UNION ALL SELECT id, status, expiry, parent_id, chargers, NULL, 'manual' FROM auth_manual WHERE id = :id"
+    "UNION ALL SELECT id, status, expiry, parent_id, chargers, NULL, 'manual', NULL FROM auth_manual WHERE id = :id "
+    "UNION ALL SELECT id, 'Accepted', until, NULL, NULL, NULL, 'override', reason FROM auth_overrides WHERE id = :id"
 )
 
 
 def lookup_local(conn: sqlite3.Connection, token_id: str) -> tuple[LocalEntry, ...]:
+    """The token's entries in the eMSP list, the manual tokens and the operator overrides (an override past its end
+    included: `decision.live_entries` drops it)."""
     return tuple(
         LocalEntry(
             id=r[0],
@@ -157,6 +184,7 @@ def lookup_local(conn: sqlite3.Connection, token_id: str) -> tuple[LocalEntry, .
             chargers=decode_chargers(r[4]),
             source=r[6],
             list_version=r[5],
+            note=r[7],
         )
         for r in conn.execute(_LOOKUP_LOCAL, {"id": token_id})
     )
@@ -180,8 +208,10 @@ def put_cache(
     now: float,
     max_entries: int,
 ) -> bool:
-    """Cache an online answer, unless the token is (now) in the local list. Returns whether it was cached."""
-    if lookup_local(conn, token_id):
+    """Cache an online answer, unless the token is (now) in the local list (an operator override does not count: it
+    is temporary). A ConcurrentTx answer is about a transaction, not the token: never cached. Returns whether it was
+    cached."""
+    if status == "ConcurrentTx" or any(e.source != "override" for e in lookup_local(conn, token_id)):
         return False
     conn.execute(
         "INSERT INTO auth_cache (id, status, expiry, parent_id, cached_at) VALUES (?, ?, ?, ?, ?) "
@@ -206,6 +236,69 @@ def limited_active(conn: sqlite3.Connection) -> int:
             "WHERE o.limited = 1 AND o.state != 'ended' AND t.state = 'active'"
         ).fetchone()[0]
     )
+
+
+# Most active transactions of one token read for the ConcurrentTx check (one is enough to refuse; a few name them).
+MAX_ACTIVE_SESSIONS_READ = 16
+
+
+def active_sessions(conn: sqlite3.Connection, token_id: str, since: float) -> tuple[ActiveSession, ...]:
+    """The token's active transactions whose StartTransaction was stored at or after `since` (gateway wall clock).
+    transactions.id_tag is the idTag as the charger sent it: compared normalized. Scans the active transactions
+    only (index transactions_by_state): a site has a few hundred at most."""
+    rows = conn.execute(
+        "SELECT id, charger_id, connector_id, started_at FROM transactions "
+        "WHERE state = 'active' AND started_at >= ? AND upper(trim(id_tag)) = ? ORDER BY started_at LIMIT ?",
+        (since, token_id, MAX_ACTIVE_SESSIONS_READ),
+    ).fetchall()
+    return tuple(ActiveSession(int(r[0]), str(r[1]), int(r[2]), float(r[3])) for r in rows)
+
+
+def record_decision(conn: sqlite3.Connection, d: AuthDecision, transaction_id: int | None) -> None:
+    """The auth_decisions row and its AUTH_DECISION outbox event, in the caller's transaction."""
+    conn.execute(
+        "INSERT INTO auth_decisions (decided_at, charger_id, id_tag, purpose, status, source, auth_method, "
+        "reason, latency_ms, transaction_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            d.decided_at,
+            d.charger_id,
+            d.id_tag,
+            d.purpose,
+            d.status,
+            d.source,
+            d.auth_method,
+            d.reason,
+            d.latency_ms,
+            transaction_id,
+        ),
+    )
+    events.emit(
+        conn,
+        events.AUTH_DECISION,
+        decision_body(d, transaction_id),
+        charger_id=None if d.charger_id == "*" else d.charger_id,
+    )
+
+
+def decision_body(d: AuthDecision, transaction_id: int | None) -> dict[str, Any]:
+    """The AUTH_DECISION event body (docs/authorization.md)."""
+    return {
+        "charger_id": d.charger_id,
+        "id_tag": d.id_tag,
+        "purpose": d.purpose,
+        "status": d.status,
+        "source": d.source,
+        "auth_method": d.auth_method,
+        "reason": d.reason,
+        "latency_ms": d.latency_ms,
+        "transaction_id": transaction_id,
+        "decided_at": format_expiry(d.decided_at),
+        "expiry_date": d.expiry_date,
+        "parent_id_tag": d.parent_id_tag,
+        "limits": None
+        if d.limits is None
+        else {"max_kwh": d.limits.max_kwh, "max_minutes": d.limits.max_minutes},
+    }
 
 
 def session_tokens(conn: sqlite3.Connection, transaction_id: int) -> tuple[str, str | None] | None:
@@ -331,9 +424,12 @@ class TokenRow:
     entries: tuple[LocalEntry, ...]
 
 
-def iter_local(conn: sqlite3.Connection, after: str = "", limit: int | None = None) -> Iterator[TokenRow]:
-    """Every local-list token (eMSP list and manual, merged by id) in id order, starting after `after`.
-    A two-way merge of two primary-key-ordered cursors: no sort, constant memory."""
+def iter_local(
+    conn: sqlite3.Connection, after: str = "", limit: int | None = None, now: float | None = None
+) -> Iterator[TokenRow]:
+    """Every local-list token (eMSP list, manual and operator override entries, merged by id) in id order, starting
+    after `after`. With `now`, overrides past their end are left out. A three-way merge of primary-key-ordered
+    cursors: no sort, constant memory."""
     gen = meta(conn, "active_gen")
     a = conn.execute(
         "SELECT id, status, expiry, parent_id, chargers, list_version FROM auth_list WHERE gen = ? AND id > ? "
@@ -343,14 +439,19 @@ def iter_local(conn: sqlite3.Connection, after: str = "", limit: int | None = No
     b = conn.execute(
         "SELECT id, status, expiry, parent_id, chargers FROM auth_manual WHERE id > ? ORDER BY id", (after,)
     )
+    c = conn.execute(
+        "SELECT id, until, reason FROM auth_overrides WHERE id > ? AND until > ? ORDER BY id",
+        (after, float("-inf") if now is None else now),
+    )
     ra = a.fetchone()
     rb = b.fetchone()
+    rc = c.fetchone()
     n = 0
-    while ra is not None or rb is not None:
+    while ra is not None or rb is not None or rc is not None:
         if limit is not None and n >= limit:
             return
         entries: list[LocalEntry] = []
-        key = min(r[0] for r in (ra, rb) if r is not None)
+        key = min(r[0] for r in (ra, rb, rc) if r is not None)
         if ra is not None and ra[0] == key:
             entries.append(
                 LocalEntry(ra[0], ra[1], ra[2], ra[3], decode_chargers(ra[4]), "local_list", ra[5])
@@ -359,19 +460,27 @@ def iter_local(conn: sqlite3.Connection, after: str = "", limit: int | None = No
         if rb is not None and rb[0] == key:
             entries.append(LocalEntry(rb[0], rb[1], rb[2], rb[3], decode_chargers(rb[4]), "manual"))
             rb = b.fetchone()
+        if rc is not None and rc[0] == key:
+            entries.append(LocalEntry(rc[0], "Accepted", rc[1], None, None, "override", None, rc[2]))
+            rc = c.fetchone()
         n += 1
         yield TokenRow(key, tuple(entries))
 
 
 def charger_entry(entries: tuple[LocalEntry, ...], charger_id: str, now: float) -> dict[str, Any] | None:
-    """The OCPP local authorization list entry for this charger, or None when the token does not apply to it."""
-    applicable = tuple(e for e in entries if e.chargers is None or charger_id in e.chargers)
+    """The OCPP local authorization list entry for this charger, or None when the token does not apply to it (all
+    its eMSP-list / manual entries are restricted to other chargers, or only an ended override is left). An
+    override's entry carries expiryDate = the override's end, so the charger stops honouring it on its own."""
+    entries = live_entries(entries, now)
+    base = tuple(e for e in entries if e.source != "override")
+    applicable = tuple(e for e in base if e.chargers is None or charger_id in e.chargers)
+    if base and not applicable:
+        return None
+    applicable += tuple(e for e in entries if e.source == "override")
     if not applicable:
         return None
     entry, status, _ = merge_local(applicable, charger_id, now)
     info: dict[str, Any] = {"status": status}
-    from gateway.auth.tokens import format_expiry
-
     exp = format_expiry(entry.expiry)
     if exp is not None:
         info["expiryDate"] = exp
@@ -379,6 +488,67 @@ def charger_entry(entries: tuple[LocalEntry, ...], charger_id: str, now: float) 
     if parent is not None:
         info["parentIdTag"] = parent
     return {"idTag": entry.id, "idTagInfo": info}
+
+
+_APPLIES = "(chargers IS NULL OR instr(',' || chargers || ',', ',' || :cid || ',') > 0)"
+
+
+def count_for_charger(conn: sqlite3.Connection, charger_id: str, now: float) -> int:
+    """How many entries a complete local list for this charger holds (= the tokens `charger_entry` gives an entry
+    for), counted in SQL: a full list needs no Python pass to find out whether it fits the charger."""
+    params = {"gen": meta(conn, "active_gen"), "cid": charger_id, "now": now}
+    n_list = conn.execute(
+        f"SELECT COUNT(*) FROM auth_list WHERE gen = :gen AND {_APPLIES}", params
+    ).fetchone()[0]
+    n_manual = conn.execute(
+        f"SELECT COUNT(*) FROM auth_manual m WHERE {_APPLIES.replace('chargers', 'm.chargers')} AND NOT EXISTS "
+        f"(SELECT 1 FROM auth_list l WHERE l.gen = :gen AND l.id = m.id AND {_APPLIES.replace('chargers', 'l.chargers')})",
+        params,
+    ).fetchone()[0]
+    n_override = conn.execute(
+        "SELECT COUNT(*) FROM auth_overrides o WHERE o.until > :now "
+        "AND NOT EXISTS (SELECT 1 FROM auth_list l WHERE l.gen = :gen AND l.id = o.id) "
+        "AND NOT EXISTS (SELECT 1 FROM auth_manual m WHERE m.id = o.id)",
+        params,
+    ).fetchone()[0]
+    return int(n_list) + int(n_manual) + int(n_override)
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """When a token was last presented (an authorize / start / stop decision) at one charger and on the site."""
+
+    here_at: float | None  # last decision at this charger
+    here_status: str | None  # what it answered
+    site_at: float  # last decision anywhere on the site (>= here_at)
+
+
+# Most recently seen tokens read to rank a truncated charger list (the largest list a charger may claim).
+MAX_RECENT_TOKENS = 200_000
+_PRESENTED = "purpose IN ('authorize', 'start', 'stop')"
+
+
+def recent_tokens(conn: sqlite3.Connection, charger_id: str, since: float) -> dict[str, Seen]:
+    """Tokens presented on the site at or after `since`, with when (and how they were answered) at this charger."""
+    site = conn.execute(
+        f"SELECT id_tag, MAX(decided_at) AS t FROM auth_decisions WHERE decided_at >= ? AND {_PRESENTED} "
+        "GROUP BY id_tag ORDER BY t DESC LIMIT ?",
+        (since, MAX_RECENT_TOKENS),
+    ).fetchall()
+    # SQLite: the bare column `status` comes from the row holding MAX(decided_at)
+    here = {
+        r[0]: (float(r[1]), str(r[2]))
+        for r in conn.execute(
+            f"SELECT id_tag, MAX(decided_at), status FROM auth_decisions WHERE decided_at >= ? AND charger_id = ? "
+            f"AND {_PRESENTED} GROUP BY id_tag",
+            (since, charger_id),
+        )
+    }
+    out: dict[str, Seen] = {}
+    for tid, at in site:
+        h = here.get(tid)
+        out[tid] = Seen(h[0] if h else None, h[1] if h else None, float(at))
+    return out
 
 
 def changes_since(conn: sqlite3.Connection, version: int) -> list[str] | None:
@@ -400,12 +570,15 @@ class ChargerListState:
     revision: int | None  # the store revision that version carries
     truncated: bool
     last_error: str | None
+    left_out: int = (
+        0  # tokens a truncated list left out (the site list is larger than LocalAuthListMaxLength)
+    )
 
 
 def charger_list_state(conn: sqlite3.Connection, charger_id: str) -> ChargerListState | None:
     r = conn.execute(
         "SELECT charger_id, supported, enabled, max_length, send_max_length, version, revision, truncated, "
-        "last_error FROM auth_charger_lists WHERE charger_id = ?",
+        "last_error, left_out FROM auth_charger_lists WHERE charger_id = ?",
         (charger_id,),
     ).fetchone()
     if r is None:
@@ -420,17 +593,18 @@ def charger_list_state(conn: sqlite3.Connection, charger_id: str) -> ChargerList
         r[6],
         bool(r[7]),
         r[8],
+        int(r[9]),
     )
 
 
 def save_charger_list_state(conn: sqlite3.Connection, s: ChargerListState, now: float) -> None:
     conn.execute(
         "INSERT INTO auth_charger_lists (charger_id, supported, enabled, max_length, send_max_length, version, "
-        "revision, truncated, updated_at, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "revision, truncated, updated_at, last_error, left_out) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (charger_id) DO UPDATE SET supported = excluded.supported, enabled = excluded.enabled, "
         "max_length = excluded.max_length, send_max_length = excluded.send_max_length, version = excluded.version, "
         "revision = excluded.revision, truncated = excluded.truncated, updated_at = excluded.updated_at, "
-        "last_error = excluded.last_error",
+        "last_error = excluded.last_error, left_out = excluded.left_out",
         (
             s.charger_id,
             None if s.supported is None else int(s.supported),
@@ -442,5 +616,6 @@ def save_charger_list_state(conn: sqlite3.Connection, s: ChargerListState, now: 
             int(s.truncated),
             now,
             s.last_error,
+            s.left_out,
         ),
     )

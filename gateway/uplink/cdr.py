@@ -21,6 +21,7 @@ ENERGY_REGISTER = "Energy.Active.Import.Register"
 # transactions.auth_method as stored by authorization -> OCPI AuthMethod (+ chargegate's OFFLINE_UNKNOWN)
 _AUTH_METHODS = {
     "whitelist": "WHITELIST",
+    "operator_override": "WHITELIST",
     "local_list": "WHITELIST",
     "cache": "WHITELIST",
     "auth_cache": "WHITELIST",

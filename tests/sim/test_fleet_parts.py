@@ -153,6 +153,11 @@ def test_netlink_relays_cuts_and_restores():
 
 
 def test_session_duration_uses_the_chargers_timestamps():
-    t = {"start_ts": "2026-11-21T10:00:00Z", "stop_ts": "2026-11-21T10:00:42Z", "started_at": 5.0, "stopped_at": 6.0}
+    t = {
+        "start_ts": "2026-11-21T10:00:00Z",
+        "stop_ts": "2026-11-21T10:00:42Z",
+        "started_at": 5.0,
+        "stopped_at": 6.0,
+    }
     assert demo.charger_duration(t) == 42.0
     assert demo.charger_duration({"start_ts": "2026-11-21T10:00:00Z", "stop_ts": None}) is None
