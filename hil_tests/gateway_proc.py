@@ -34,6 +34,22 @@ from typing import Any
 GatewayFactory = Callable[..., "GatewayProcess"]
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def run_module(module: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """`python -m MODULE ARGS...` from the repository as its own process (e.g. `gateway.cli tokens ...`), output
+    captured as text; the caller checks the return code."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 READY_RE = re.compile(r"^chargegate: ready ocpp=(?P<url>ws\S+) control=(?P<control>\S+)\s*$")
 
 # Cold start imports ocpp/jsonschema/websockets and runs migrations; on a shared, loaded 2-core box that can take
@@ -286,15 +302,7 @@ class GatewayProcess:
     # -- commands -----------------------------------------------------------------------------------------------
     def cmd(self, *args: str, timeout: float = CMD_TIMEOUT) -> subprocess.CompletedProcess[str]:
         """`chargegate cmd --config FILE ARGS...` as a separate process."""
-        return subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "cmd", "--config", str(self.config_path), *args],
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        return run_module("gateway.cli", "cmd", "--config", str(self.config_path), *args, timeout=timeout)
 
     def control(self, request: dict[str, Any], timeout: float = CONTROL_TIMEOUT) -> dict[str, Any]:
         """One JSON-lines request on the control socket."""

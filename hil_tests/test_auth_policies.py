@@ -11,9 +11,7 @@ real websockets and the `chargegate tokens` CLI as its own process.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from gateway.auth.service import AuthService
 from gateway.auth.settings import AuthSection
 from gateway.events import decode_body
 from gateway.store import Store
-from hil_tests.gateway_proc import REPO, ChargerSpec, GatewayProcess
+from hil_tests.gateway_proc import ChargerSpec, GatewayProcess, run_module
 from hil_tests.rawclient import RawChargePoint, now_iso, run_async
 
 CARD = "04A2B3C4D5E6F7"
@@ -126,15 +124,7 @@ def test_concurrent_tx_across_two_chargers(tmp_path: Path) -> None:
 
 
 def _tokens(gw: GatewayProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "tokens", *args, "--config", str(gw.config_path)],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_module("gateway.cli", "tokens", *args, "--config", str(gw.config_path))
 
 
 def test_operator_override_beats_the_emsp_list_while_the_gateway_runs(tmp_path: Path) -> None:

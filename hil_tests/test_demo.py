@@ -19,6 +19,7 @@ from firmware_sim import demo_load
 from firmware_sim.broker import mosquitto_binary
 from firmware_sim.demo import SITE_ID, emsp_problems
 from firmware_sim.emsp import GatewayView
+from hil_tests.gateway_proc import run_module
 
 REPO = Path(__file__).resolve().parents[1]
 # 30 s of scenarios plus gateway start, registration, drain and stop; generous for a loaded 2-core box.
@@ -164,26 +165,10 @@ def test_demo_json_headless(tmp_path: Path) -> None:
 def test_chargegate_demo_forwards_its_arguments() -> None:
     """`chargegate demo ARGS` reaches firmware_sim.demo with ARGS (checked without starting anything: a bad
     argument must come back with the demo's own message)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "demo", "--chargers", "0", "--json"],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = run_module("gateway.cli", "demo", "--chargers", "0", "--json")
     assert proc.returncode == 2
     assert "chargegate demo: --chargers must be 1..500" in proc.stderr
-    proc = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "demo", "--site-limit", "5", "--json"],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = run_module("gateway.cli", "demo", "--site-limit", "5", "--json")
     assert proc.returncode == 2
     assert "chargegate demo: --site-limit must be 6..10000 A" in proc.stderr
 

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from hil_tests.gateway_proc import DEFAULT_TAG, REPO, ChargerSpec, GatewayFactory, GatewayProcess, config_text
+from hil_tests.gateway_proc import (
+    DEFAULT_TAG,
+    ChargerSpec,
+    GatewayFactory,
+    GatewayProcess,
+    config_text,
+    run_module,
+)
 from hil_tests.rawclient import RawChargePoint, assert_clean, meter_values, now_iso, run_async
 
 GOOD_CHARGER = '[[chargers]]\nid = "CP1"\npassword = "0123456789abcdef-ok"\n'
@@ -31,15 +36,7 @@ BAD_CONFIGS = [
 
 
 def _run(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_module("gateway.cli", "run", "--config", str(config))
 
 
 @pytest.mark.parametrize(("name", "text", "key"), BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])

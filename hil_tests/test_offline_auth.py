@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -27,7 +24,7 @@ import pytest
 from firmware_sim.clock import SimClock
 from firmware_sim.ev import Ev, EvSpec
 from firmware_sim.fleet import ChargerCreds, Problems, SimCharger
-from hil_tests.gateway_proc import REPO, ChargerSpec, GatewayProcess
+from hil_tests.gateway_proc import ChargerSpec, GatewayProcess, run_module
 from hil_tests.mosquitto import Mosquitto, mosquitto_binary
 from hil_tests.rawclient import RawChargePoint, now_iso, run_async
 
@@ -48,15 +45,7 @@ class AuthGateway(GatewayProcess):
 
     def tokens(self, *args: str) -> str:
         """`chargegate tokens ...` as its own process against this site's config."""
-        proc = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "tokens", *args, "--config", str(self.config_path)],
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        proc = run_module("gateway.cli", "tokens", *args, "--config", str(self.config_path))
         assert proc.returncode == 0, f"chargegate tokens {' '.join(args)}: {proc.stderr}"
         return proc.stdout
 
