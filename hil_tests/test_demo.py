@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -97,28 +95,19 @@ def check_emsp(report: dict[str, Any], db_path: Path) -> None:
 
 def test_demo_json_headless(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "demo",
-            "--chargers",
-            "5",
-            "--duration",
-            "30",
-            "--json",
-            "--seed",
-            "3",
-            "--workdir",
-            str(workdir),
-        ],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
+    proc = run_module(
+        "gateway.cli",
+        "demo",
+        "--chargers",
+        "5",
+        "--duration",
+        "30",
+        "--json",
+        "--seed",
+        "3",
+        "--workdir",
+        str(workdir),
         timeout=DEMO_TIMEOUT_S,
-        check=False,
     )
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert lines, f"no output; stderr:\n{proc.stderr}"
@@ -177,30 +166,21 @@ def test_demo_survives_a_gateway_sigkill(tmp_path: Path) -> None:
     """The site controller loses power mid-run: chargers carry on offline, and every session still ends up in
     the database with the metered energy."""
     workdir = tmp_path / "demo"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "demo",
-            "--chargers",
-            "3",
-            "--duration",
-            "20",
-            "--kill-gateway-at",
-            "3",
-            "--json",
-            "--seed",
-            "5",
-            "--workdir",
-            str(workdir),
-        ],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
+    proc = run_module(
+        "gateway.cli",
+        "demo",
+        "--chargers",
+        "3",
+        "--duration",
+        "20",
+        "--kill-gateway-at",
+        "3",
+        "--json",
+        "--seed",
+        "5",
+        "--workdir",
+        str(workdir),
         timeout=DEMO_TIMEOUT_S,
-        check=False,
     )
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert lines, f"no output; stderr:\n{proc.stderr}"

@@ -51,3 +51,14 @@ def offline_session(flash: Path) -> tuple[ChargePointCore, SimHal, ManualTime]:
         t.advance(1)
     assert core.status(1) == "Charging" and core.transaction_id(1) is not None
     return core, hal, t
+
+
+def counted_offline_session(flash: Path, seconds: int = 60) -> tuple[ChargePointCore, NamesWritten]:
+    """offline_session, then `seconds` of charging with the flash counting what is written and appended."""
+    core, hal, t = offline_session(flash)
+    counting = NamesWritten(flash)
+    hal.storage = counting
+    for _ in range(seconds):
+        t.advance(1)
+        core.tick()
+    return core, counting

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flashkit import NamesWritten, offline_session, sim_hal
+from flashkit import counted_offline_session, offline_session, sim_hal
 
 from agent import journal
 from agent.core import AgentConfig, ChargePointCore
@@ -47,12 +47,7 @@ def test_dir_storage_append_creates_0600_and_appends(tmp_path: Path) -> None:
 
 def test_offline_session_journals_instead_of_rewriting(tmp_path: Path) -> None:
     flash = tmp_path / "flash"
-    core, hal, t = offline_session(flash)
-    counting = NamesWritten(flash)
-    hal.storage = counting
-    for _ in range(60):
-        t.advance(1)
-        core.tick()
+    core, counting = counted_offline_session(flash)
     assert [e["action"] for e in core.queue.entries].count(METER) == 6
     # one queue record per MeterValues, one transaction-journal record per transactionData sample
     assert counting.appended == [QJ, TJ] * 6

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from flashkit import NamesWritten, offline_session
+from flashkit import counted_offline_session, offline_session
 
 from agent import journal
 from agent.core import MAX_TXN_DATA, TX_STORAGE, AgentConfig, ChargePointCore, TransactionLog
@@ -28,12 +28,7 @@ def _queued_stops(core: ChargePointCore) -> list[dict[str, Any]]:
 
 def test_each_sample_is_one_appended_record_on_flash(tmp_path: Path) -> None:
     flash = tmp_path / "flash"
-    core, hal, t = offline_session(flash)
-    counting = NamesWritten(flash)
-    hal.storage = counting
-    for _ in range(60):
-        t.advance(1)
-        core.tick()
+    _core, counting = counted_offline_session(flash)
     assert counting.appended.count(TJ) == 6 and TX_STORAGE not in counting.written
     records, stopped = journal.decode_records((flash / TJ).read_bytes())
     assert stopped is None and [r.get("o") for r in records[1:]] == ["m"] * 6
