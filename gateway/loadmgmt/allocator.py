@@ -29,6 +29,11 @@ lease runs, the charger's TxDefaultProfile current once it has run out), and so 
 failed (the old, higher limit is still in force; it is asked again, the others are sized as if it kept the old
 limit). No rotation and no yielding in a round where a decrease is pending like that.
 
+A new session's draw reaches the grid reading before its own meter's: for a few seconds after its start, its limit
+in force less its reading is taken as its draw, out of a rise of the building-load estimate above its level from
+before the start and never more (START_LEAD_S). A queued session resumes after RESUME_DELAY_S if it was paused only
+once lately, else after `min_change_interval` (contactor cycling).
+
 Safety rules:
 - the grid meter stale (or absent), or a charger meter stale/not read yet -> static split of
   `site_limit - building_reserve` on every phase (no measurement to trust); and likewise while the phase accounting
@@ -45,7 +50,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 SessionKey = tuple[str, int]  # (charger_id, connector_id)
@@ -71,6 +76,27 @@ _EPS = 1e-9  # float noise: 6.3 * 10 may be 62.99999999999999
 # not trusted (static split) until the accounting is consistent again.
 PHASE_MISMATCH_A = 3.0
 PHASE_MISMATCH_S = 10.0
+
+# A new session's draw shows in the grid reading before its own meter's: the charger closes its relay when it
+# starts the transaction (before the gateway has its StartTransaction), its EV ramps up over a second or two, and
+# its meter is read up to a poll cycle after the grid meter. For START_CREDIT_MAX_S after its start, the limit in
+# force on a session (its TxDefaultProfile current at first) less what its meter shows is taken as drawn by it, out
+# of a rise of the building-load estimate above its level from START_LEAD_S before the start, never more than that
+# rise: the estimate cannot drop below where it was before the session started (no estimate from before its start,
+# e.g. right after the gateway started or a meter was stale: no credit). The session counts at its full limit in the sharing, so if
+# its EV does not draw after all, the current credited to it is not drawn either. START_LEAD_S covers the
+# StartTransaction round trip and the gateway's durable write (the EV may draw meanwhile); START_CREDIT_MAX_S an
+# EV's ramp-up plus a few bus poll cycles.
+START_LEAD_S = 2.0
+START_CREDIT_MAX_S = 5.0
+
+# Resuming a queued (0 A) session: an EV paused by its pilot has a few seconds to stop drawing and open its
+# contactor; a resume sooner than RESUME_DELAY_S after the pause could catch it half-way. A session paused only once
+# in PAUSE_MEMORY_S resumes after RESUME_DELAY_S (a short queueing must not cost a driver min_change_interval); a
+# second pause within that time means it is on the edge: it waits the full min_change_interval, so its contactor is
+# not cycled every few seconds as the building load wobbles.
+RESUME_DELAY_S = 3.0
+PAUSE_MEMORY_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -309,7 +335,11 @@ class Allocator:
         self._over_since: dict[SessionKey, float] = {}
         self._flagged: set[SessionKey] = set()
         self._other_seen: deque[tuple[float, Phases]] = deque()  # (time, filtered building-load estimate)
-        self._raw: deque[Phases] = deque(maxlen=3)  # grid - EV draw of the last grid samples (may be < 0)
+        # (time, grid - EV draw) of the last three grid samples (may be < 0)
+        self._raw: deque[tuple[float, Phases]] = deque(maxlen=3)
+        # (time, filtered estimate) for the last START_LEAD_S + START_CREDIT_MAX_S: a new session's baseline
+        self._recent: deque[tuple[float, Phases]] = deque()
+        self._pauses: dict[SessionKey, deque[float]] = {}  # when each session's 0 A limits were confirmed
         self._last_sample: float | None = None
         self._mismatch_since: float | None = None
         # the line: admission order within a priority tier (start time; when last rotated out or parked)
@@ -334,6 +364,11 @@ class Allocator:
         prev = self._sent.get(key)
         if prev is not None and limit < prev.limit:
             self._over_since.pop(key, None)  # a lower limit: the EV gets a fresh grace period to follow it
+        if limit <= 0 and (prev is None or prev.limit > 0):
+            pauses = self._pauses.setdefault(key, deque())
+            pauses.append(now)
+            while pauses and now - pauses[0] > PAUSE_MEMORY_S:
+                pauses.popleft()
         sent = _Sent(limit, now, now if sent_at is None else sent_at)
         self._sent[key] = sent
         self._refused.discard(key)
@@ -362,6 +397,7 @@ class Allocator:
         self._waiting_since.pop(key, None)
         self._idle_since.pop(key, None)
         self._parked.discard(key)
+        self._pauses.pop(key, None)
 
     def parked(self, key: SessionKey) -> bool:
         return key in self._parked
@@ -407,6 +443,7 @@ class Allocator:
         reuse the same sample add no new evidence to the building-load filter (None: every call is a new sample)."""
         p = self.params
         sessions = list(sessions)
+        new = [s for s in sessions if s.key not in self._turn]
         for s in sessions:
             self._turn.setdefault(s.key, s.started_at)
         # A metered session whose meter has not answered (yet) makes the building-load estimate meaningless: its
@@ -417,16 +454,20 @@ class Allocator:
         if grid is None or blind:
             self._other_seen.clear()  # estimates from before the meter went stale are not evidence later
             self._raw.clear()
+            self._recent.clear()
             self._last_sample = None
             self._mismatch_since = None
         else:
             draw = self._site_draw(sessions)
             g = (float(grid[0]), float(grid[1]), float(grid[2]))
             signed = (g[0] - draw[0], g[1] - draw[1], g[2] - draw[2])
-            median = self._sample(signed, grid_time)
+            credit = self._start_credit(sessions, new, now)
+            signed = credit(signed)
+            median = self._sample(signed, grid_time, now)
             mismatch = self._check_mismatch(median, now)
             if mismatch:
                 self._other_seen.clear()
+                self._recent.clear()
             else:
                 other = self._building_load(median, signed, g, now)
         mode = "fallback" if other is None else "measured"
@@ -496,15 +537,61 @@ class Allocator:
                 total[i] += amps
         return total
 
-    def _sample(self, signed: Phases, sample: float | None) -> Phases:
+    def _start_credit(
+        self, sessions: list[SessionInput], new: list[SessionInput], now: float
+    ) -> Callable[[Phases], Phases]:
+        """How a building-load estimate is corrected for sessions started in the last START_CREDIT_MAX_S (see
+        START_LEAD_S): the rise above the baseline, up to their limit in force less what their meter shows, is
+        theirs. Estimates recorded since START_LEAD_S before a new session's start are corrected at once (the EV
+        may have drawn before the gateway knew of it). Returns the correction for a new sample."""
+        credit = [0.0, 0.0, 0.0]
+        floor = [0.0, 0.0, 0.0]
+        for s in sessions:
+            if now - s.started_at > START_CREDIT_MAX_S:
+                continue
+            base = self._baseline(s.started_at)
+            if base is None:
+                continue  # nothing known from before its start: no credit (overestimating is safe)
+            force = self.in_force(s.key, now)
+            own = site_draw(s)
+            for ph in used_phases(s):
+                credit[ph] += max(0.0, force - own[ph])
+                floor[ph] = max(floor[ph], base[ph])
+
+        def correct(v: Phases) -> Phases:
+            out = [
+                min(v[ph], max(floor[ph], v[ph] - credit[ph])) if credit[ph] > 0 else v[ph]
+                for ph in ALL_PHASES
+            ]
+            return (out[0], out[1], out[2])
+
+        if any(credit) and new:
+            since = min(s.started_at for s in new) - START_LEAD_S
+            self._raw = deque(((t, correct(v) if t >= since else v) for t, v in self._raw), maxlen=3)
+            self._other_seen = deque((t, correct(v) if t >= since else v) for t, v in self._other_seen)
+        return correct
+
+    def _baseline(self, started: float) -> Phases | None:
+        """The building-load level before a session started: the latest estimate recorded START_LEAD_S before its
+        start, else the earliest one before its start (it may include the EV's draw already: a higher level
+        allows less credit, which is safe); None if there is none."""
+        found = None
+        for t, v in self._recent:
+            if t < started - START_LEAD_S:
+                found = v
+        if found is None and self._recent and self._recent[0][0] < started:
+            found = self._recent[0][1]
+        return found
+
+    def _sample(self, signed: Phases, sample: float | None, now: float) -> Phases:
         """Record a new grid sample's raw estimate; return the per-phase median of the last three (fewer: the
         highest). A one-sample glitch between meters read at different moments changes nothing."""
         if sample is None or sample != self._last_sample:
-            self._raw.append(signed)
+            self._raw.append((now, signed))
             self._last_sample = sample
         out = []
         for ph in ALL_PHASES:
-            vals = sorted(r[ph] for r in self._raw)
+            vals = sorted(r[1][ph] for r in self._raw)
             out.append(vals[len(vals) // 2] if len(vals) == 3 else vals[-1])
         return (out[0], out[1], out[2])
 
@@ -526,6 +613,9 @@ class Allocator:
         self._other_seen.append((now, est))
         while self._other_seen and now - self._other_seen[0][0] > p.other_load_hold:
             self._other_seen.popleft()
+        self._recent.append((now, est))
+        while len(self._recent) > 1 and now - self._recent[1][0] > START_LEAD_S + START_CREDIT_MAX_S:
+            self._recent.popleft()  # the oldest kept is older than the window: a baseline for a start in it
         out = []
         for ph in ALL_PHASES:
             held = max(v[ph] for _, v in self._other_seen)
@@ -734,7 +824,11 @@ class Allocator:
             elif target > sent.limit:
                 from_zero = sent.limit == 0  # resuming a queued session is always worth a message
                 big_enough = target - sent.limit >= p.hysteresis - _EPS or from_zero
-                if big_enough and now - sent.at >= p.min_change_interval:
+                wait = p.min_change_interval
+                if from_zero and sum(now - t <= PAUSE_MEMORY_S for t in self._pauses.get(s.key, ())) <= 1:
+                    # queued only once lately: resume promptly (see RESUME_DELAY_S)
+                    wait = min(wait, RESUME_DELAY_S)
+                if big_enough and now - sent.at >= wait:
                     increases.append(Decision(s.key, s.transaction_id, target, sent.limit, force))
         return decreases + increases
 
