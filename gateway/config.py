@@ -59,6 +59,12 @@ class OcppSection:
     security_profile: Literal[1, 2, 3] | None = None
     # CA bundle (PEM) that signs the chargers' client certificates; required when a charger is at profile 3.
     client_ca: str = ""
+    # Certificate revocation list(s) of the client_ca CAs (PEM or DER, signed by them): a profile-3 charger whose
+    # certificate is on it is refused. Still applied when past its nextUpdate (the status says it is out of date).
+    client_crl: str = ""
+    # How often the wss:// listener looks for replaced tls_cert / tls_key / client_ca / client_crl files and loads
+    # them for new connections (s; 0 = only at start). Connections already up are not touched.
+    tls_reload_interval_s: float = 60.0
     # A second, plain ws:// listener next to the wss:// `port`, for the profile-1 chargers of a site that has
     # TLS (0 picks a free port). Chargers at profile 2 or 3 are refused on it.
     plain_port: int | None = None
@@ -297,6 +303,16 @@ def _check_security(file: str, base: Path, ocpp: OcppSection, chargers: tuple[Ch
         raise ConfigError(
             file, "ocpp.client_ca", "client certificates need TLS: set [ocpp] tls_cert and tls_key too"
         )
+    if ocpp.client_crl and not ocpp.client_ca:
+        raise ConfigError(
+            file,
+            "ocpp.client_crl",
+            "a CRL revokes client certificates: set [ocpp] client_ca (the CA that signs it)",
+        )
+    if ocpp.tls_reload_interval_s < 0:
+        raise ConfigError(
+            file, "ocpp.tls_reload_interval_s", "expected seconds >= 0 (0: read the files only at start)"
+        )
     if ocpp.plain_port is not None:
         if not ocpp.tls_cert:
             raise ConfigError(
@@ -308,7 +324,7 @@ def _check_security(file: str, base: Path, ocpp: OcppSection, chargers: tuple[Ch
             raise ConfigError(file, "ocpp.plain_port", "expected 0..65535 (0 picks a free port)")
         if ocpp.plain_port and ocpp.plain_port == ocpp.port:
             raise ConfigError(file, "ocpp.plain_port", "must differ from ocpp.port (the wss:// listener)")
-    for name in ("tls_cert", "tls_key", "client_ca"):
+    for name in ("tls_cert", "tls_key", "client_ca", "client_crl"):
         value = getattr(ocpp, name)
         if value and not (base / value).is_file():
             raise ConfigError(

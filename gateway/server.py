@@ -16,7 +16,9 @@ Security profiles (OCPP 1.6 Security Whitepaper, docs/ocpp.md "Security profiles
 handshake, against the profile configured for the charger named in the URL: 1 = HTTP Basic (any transport), 2 = TLS
 and HTTP Basic, 3 = TLS with a client certificate verified against [ocpp] client_ca whose subject commonName (or a
 DNS subjectAltName) is the charger id; Basic is ignored there. Every refusal of a configured charger is the same
-401, whatever failed; the reason is logged at WARNING with the charger id.
+401, whatever failed; the reason is logged at WARNING with the charger id. Certificates, the client CA and the CRL
+are reloaded when their files change (gateway.ocpp.tls); a revoked profile-3 charger is refused and, when the CRL
+that revokes it arrives while it is connected, disconnected.
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ from websockets.http11 import Request, Response
 
 from gateway.config import SiteConfig
 from gateway.csms import HANDLED_ACTIONS, CallRefused, ConnectionState, Csms
-from gateway.errors import ChargegateError, ChargerNotConnected, CommandError, ConfigError
+from gateway.errors import ChargegateError, ChargerNotConnected, CommandError
 from gateway.logutil import RepeatFilter
 from gateway.ocpp import framing, registration
+from gateway.ocpp.tls import ServerTls, TlsFiles
 
 log = logging.getLogger("chargegate.ocpp")
 
@@ -51,10 +54,6 @@ SUBPROTOCOL = "ocpp1.6"
 # connection is dropped: a dead charger answers nothing, and its id must become free for its reconnect quickly.
 CLOSE_TIMEOUT = 2.0
 PATH_PREFIX = "/ocpp/"
-# TLS floor for profiles 2 and 3 (the Security Whitepaper asks for TLS 1.2 or above). Cipher suites are Python's
-# defaults: TLS 1.3 suites, and for 1.2 ECDHE/DHE with AES-GCM, ChaCha20 or AES-CBC-SHA2 (forward secrecy only: the
-# whitepaper's TLS_RSA_WITH_AES_*_GCM key-transport suites are not offered; its ECDHE-ECDSA-AES-GCM ones are).
-TLS_MINIMUM = ssl.TLSVersion.TLSv1_2
 # A peer that opens a TCP connection to the wss:// port and does not finish the TLS handshake is dropped after this
 # (asyncio's default is 60 s; a charger on the site LAN needs well under a second, a slow modem a few).
 TLS_HANDSHAKE_TIMEOUT = 10.0
@@ -101,36 +100,6 @@ def _certificate_names(cert: dict[str, Any]) -> list[str]:
     return names
 
 
-def server_tls_context(cfg: SiteConfig) -> ssl.SSLContext:
-    """The wss:// listener's TLS context: TLS 1.2+, the gateway's certificate, and, with [ocpp] client_ca, a request
-    for the charger's certificate (optional at the TLS level, so chargers at profile 2 need none; a certificate
-    that is presented must verify against client_ca, else the TLS handshake fails)."""
-    o = cfg.ocpp
-    base = cfg.path.parent
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = TLS_MINIMUM
-    try:
-        ctx.load_cert_chain(str(base / o.tls_cert), str(base / o.tls_key))
-    except (OSError, ssl.SSLError) as e:
-        raise ConfigError(
-            str(cfg.path),
-            "ocpp.tls_cert",
-            f"cannot load the certificate {o.tls_cert} with key {o.tls_key} ({e}): both PEM, the key "
-            "unencrypted and matching the certificate",
-        ) from None
-    if o.client_ca:
-        try:
-            ctx.load_verify_locations(cafile=str(base / o.client_ca))
-        except (OSError, ssl.SSLError) as e:
-            raise ConfigError(
-                str(cfg.path),
-                "ocpp.client_ca",
-                f"cannot load the CA bundle {o.client_ca} ({e}): expected PEM CA certificates",
-            ) from None
-        ctx.verify_mode = ssl.CERT_OPTIONAL
-    return ctx
-
-
 def _basic_credentials(headers: Headers) -> tuple[str, str] | None:
     value = headers.get("Authorization")
     if not value:
@@ -165,6 +134,9 @@ class OcppServer:
         self._passwords = {c.id: c.password for c in cfg.chargers}
         self._profiles = {c.id: c.profile(cfg.ocpp) for c in cfg.chargers}
         self._quiet = RepeatFilter(log)
+        self.tls: ServerTls | None = (
+            None  # the wss:// listener's certificates, CA and CRL (reloaded when changed)
+        )
         self.port = 0
         self.plain_port = 0  # the extra ws:// listener of a TLS site ([ocpp] plain_port), 0 = none
         self.stats: dict[str, Any] = {
@@ -182,7 +154,13 @@ class OcppServer:
     # -- lifecycle --------------------------------------------------------------------------------------------
     async def start(self) -> int:
         o = self.cfg.ocpp
-        ssl_ctx = server_tls_context(self.cfg) if o.tls_cert else None
+        ssl_ctx = None
+        if o.tls_cert:
+            self.tls = ServerTls(TlsFiles.from_config(self.cfg))
+            self.stats["tls"] = self.tls.status
+            ssl_ctx = self.tls.listener_context
+            if o.tls_reload_interval_s > 0:
+                self._spawn(self._watch_tls(self.tls, o.tls_reload_interval_s), "tls-reload")
         main = await self._serve(o.port, ssl_ctx)
         self.port = int(next(iter(main.sockets)).getsockname()[1])
         if o.plain_port is not None:
@@ -190,6 +168,24 @@ class OcppServer:
             self.plain_port = int(next(iter(plain.sockets)).getsockname()[1])
             log.info("also listening on %s for chargers at security profile 1", self.plain_url)
         return self.port
+
+    async def _watch_tls(self, tls: ServerTls, interval: float) -> None:
+        """Pick up replaced certificate, key, CA or CRL files (a stat() of each per round; loading happens on a
+        worker thread, a large CRL takes a while to parse). After a reload, a profile-3 charger whose certificate
+        the new CRL revokes is disconnected (its reconnect is refused)."""
+        while True:
+            await asyncio.sleep(interval)
+            if await asyncio.to_thread(tls.reload_if_changed):
+                await self._drop_revoked(tls)
+
+    async def _drop_revoked(self, tls: ServerTls) -> None:
+        for cid, conn in list(self._conns.items()):
+            obj = conn.ws.transport.get_extra_info("ssl_object")
+            if self._profiles.get(cid) != 3 or obj is None:
+                continue
+            if tls.revoked(obj.getpeercert(binary_form=True) or b""):
+                log.warning("%s disconnected: its client certificate is revoked ([ocpp] client_crl)", cid)
+                await conn.ws.close(1008, "certificate revoked")
 
     async def _serve(self, port: int, ssl_ctx: ssl.SSLContext | None) -> Server:
         o = self.cfg.ocpp
@@ -261,6 +257,10 @@ class OcppServer:
             if not cert:
                 return self._unauthorized(
                     connection, cid, "nocert", "security profile 3 requires a client certificate, none sent"
+                )
+            if self.tls is not None and self.tls.revoked(tls.getpeercert(binary_form=True) or b""):
+                return self._unauthorized(
+                    connection, cid, "revoked", "its client certificate is revoked ([ocpp] client_crl)"
                 )
             names = _certificate_names(cert)
             if cid not in names:

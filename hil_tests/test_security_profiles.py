@@ -34,7 +34,8 @@ from firmware_sim.clock import SimClock
 from firmware_sim.hal import SimHal
 from gateway.config import parse_config
 from gateway.errors import ConfigError
-from gateway.server import server_tls_context
+from gateway.ocpp.tls import TlsFiles, load
+from hil_tests.certs import CLIENT_EXT, SERVER_EXT, make_ca, make_leaf
 from hil_tests.gateway_proc import REPO, ChargerSpec, GatewayProcess, config_text
 from hil_tests.rawclient import RawChargePoint, run_async
 
@@ -46,41 +47,6 @@ AGENT_BOOT_S = 20.0
 SOCKET_TIMEOUT_S = 10.0
 # The fleet simulator run: process start, connect, boot, one second of scenarios, drain (normally ~2 s).
 FLEET_TIMEOUT_S = 120.0
-
-CLIENT_EXT = (
-    "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n"
-)
-SERVER_EXT = (
-    "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
-    "subjectAltName=IP:127.0.0.1\n"
-)
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _make_ca(d: Path, name: str) -> None:
-    _openssl(
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2", "-subj", f"/CN={name}",
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        cwd=d,
-    )  # fmt: skip
-
-
-def _make_leaf(d: Path, name: str, subject: str, ca: str, ext: str) -> None:
-    (d / f"{name}.ext").write_text(ext)
-    _openssl(
-        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject,
-        cwd=d,
-    )  # fmt: skip
-    _openssl(
-        "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
-        "-days", "2", "-out", f"{name}.pem", "-extfile", f"{name}.ext",
-        cwd=d,
-    )  # fmt: skip
 
 
 @dataclass
@@ -118,13 +84,13 @@ PROFILE_OVERRIDES = {"CP5": 2, "CP6": 1}
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     certs = tmp_path_factory.mktemp("certs")
-    _make_ca(certs, "ca")
-    _make_ca(certs, "other-ca")
-    _make_leaf(certs, "gateway", "/CN=127.0.0.1", "ca", SERVER_EXT)
+    make_ca(certs, "ca")
+    make_ca(certs, "other-ca")
+    make_leaf(certs, "gateway", "/CN=127.0.0.1", "ca", SERVER_EXT)
     for cid in ("CP1", "CP2"):
-        _make_leaf(certs, cid, f"/CN={cid}", "ca", CLIENT_EXT)
-    _make_leaf(certs, "CP4", "/CN=SERIAL-0004", "ca", CLIENT_EXT + "subjectAltName=DNS:CP4\n")
-    _make_leaf(certs, "CP1-other-ca", "/CN=CP1", "other-ca", CLIENT_EXT)
+        make_leaf(certs, cid, f"/CN={cid}", "ca", CLIENT_EXT)
+    make_leaf(certs, "CP4", "/CN=SERIAL-0004", "ca", CLIENT_EXT + "subjectAltName=DNS:CP4\n")
+    make_leaf(certs, "CP1-other-ca", "/CN=CP1", "other-ca", CLIENT_EXT)
 
     gw = GatewayProcess(tmp_path_factory.mktemp("gw"), chargers=CHARGERS)
     ocpp = {
@@ -426,6 +392,13 @@ def test_config_errors_name_the_key_and_the_fix(tmp_path: Path) -> None:
     assert "ocpp.client_ca" in _config_error(tmp_path, {"client_ca": "ca.pem"})
     msg = _config_error(tmp_path, {**TLS, "security_profile": 3, "client_ca": "missing.pem"})
     assert "ocpp.client_ca" in msg and "no such file" in msg
+    msg = _config_error(tmp_path, {**TLS, "client_crl": "ca.pem"})
+    assert "ocpp.client_crl" in msg and "set [ocpp] client_ca" in msg
+    msg = _config_error(
+        tmp_path, {**TLS, "security_profile": 3, "client_ca": "ca.pem", "client_crl": "no.crl"}
+    )
+    assert "ocpp.client_crl" in msg and "no such file" in msg
+    assert "ocpp.tls_reload_interval_s" in _config_error(tmp_path, {**TLS, "tls_reload_interval_s": -1})
 
 
 def test_config_profile3_charger_needs_no_password(tmp_path: Path) -> None:
@@ -440,13 +413,15 @@ def test_unloadable_client_ca_is_a_config_error_naming_the_key(site: Site, tmp_p
         "client_ca": str(site.certs / "ca.pem"),
         "security_profile": 3,
     }
-    ctx = server_tls_context(_cfg(tmp_path, real))
+    ctx = load(TlsFiles.from_config(_cfg(tmp_path, real))).context
     assert ctx.verify_mode == ssl.CERT_OPTIONAL and ctx.minimum_version == ssl.TLSVersion.TLSv1_2
     with pytest.raises(ConfigError) as err:
-        server_tls_context(_cfg(tmp_path, {**real, "client_ca": "ca.pem"}))  # an empty file here
+        load(TlsFiles.from_config(_cfg(tmp_path, {**real, "client_ca": "ca.pem"})))  # an empty file here
     assert err.value.key == "ocpp.client_ca"
     with pytest.raises(ConfigError) as err:
-        server_tls_context(_cfg(tmp_path, {**real, "tls_key": str(site.certs / "CP1.key")}))  # not its key
+        load(
+            TlsFiles.from_config(_cfg(tmp_path, {**real, "tls_key": str(site.certs / "CP1.key")}))
+        )  # not its key
     assert err.value.key == "ocpp.tls_cert"
 
 
