@@ -15,17 +15,8 @@ BUILDING = 12.0  # A on every phase
 
 
 def params(**kw: float) -> AllocatorParams:
-    base: dict[str, float] = dict(
-        site_limit=40.0,
-        margin=1.0,
-        building_reserve=16.0,
-        hysteresis=1.0,
-        min_change_interval=10.0,
-        other_load_hold=3.0,
-        fallback_current=6.0,
-    )
-    base.update(kw)
-    return AllocatorParams(**base)  # type: ignore[arg-type]
+    """The allocator's defaults (margin 1 A, min_change_interval 10 s, ...) on a 40 A site with a 3 s hold."""
+    return AllocatorParams(**{"site_limit": 40.0, "other_load_hold": 3.0, **kw})
 
 
 def sess(name: str, started: float, amps: float, read_at: float | None = None) -> SessionInput:
