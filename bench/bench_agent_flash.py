@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchreport import emit
 
 from agent.compat import iso_utc
 from agent.core import TX_STORAGE, AgentConfig, ChargePointCore
@@ -254,10 +255,7 @@ def main() -> None:
         "loadavg_start": load_start,
         "loadavg_end": os.getloadavg(),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchreport import emit  # noqa: E402  (bench/ is the script's directory)
 
 from hil_tests.gateway_proc import (  # noqa: E402
     ChargerSpec,
@@ -614,10 +615,7 @@ def main() -> int:
             "met": g["peak_rss_mb"] <= 100 and args.chargers >= 1000,
         },
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
     return 0
 
 

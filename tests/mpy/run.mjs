@@ -9,15 +9,11 @@
 //   --case PATH  a case module to run instead of the agent core's (e.g. tests/auth/cases_cardreader.py); repeatable
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { fileURLToPath } from "node:url";
+import { lineSink, loadPort } from "./host.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, "..", "..");
-const pkg = join(root, "node_modules", "@micropython", "micropython-webassembly-pyscript", "micropython.mjs");
-if (!existsSync(pkg)) {
-  console.error(`MicroPython package missing (${pkg}): run \`npm ci\` in ${root}`);
-  process.exit(2);
-}
 // Default case modules, shared with CPython pytest (tests/agent/test_core.py, test_journal.py,
 // test_clock_reset.py and test_txjournal.py import the same ones).
 const DEFAULT_CASES = [
@@ -38,18 +34,8 @@ for (let i = 0; i < argv.length; i++) {
   else only.push(argv[i]);
 }
 
-const { loadMicroPython } = await import(pathToFileURL(pkg).href);
-const lines = [];
-let partial = "";
-const out = (data) => {
-  const text = partial + (typeof data === "string" ? data : new TextDecoder().decode(data));
-  const parts = text.split("\n");
-  partial = parts.pop();
-  for (const l of parts) {
-    lines.push(l);
-    console.log(l);
-  }
-};
+const loadMicroPython = await loadPort(root);
+const { lines, out, flush } = lineSink();
 const mp = await loadMicroPython({ heapsize: 16 * 1024 * 1024, stdout: out, stderr: out, linebuffer: false });
 
 mp.FS.mkdir("/agent");
@@ -86,7 +72,7 @@ try {
 } catch (e) {
   crashed = e;
 }
-if (partial) out("\n");
+flush();
 if (crashed) {
   console.error(`MicroPython crashed: ${crashed.message ?? crashed}`);
   process.exit(1);
