@@ -134,9 +134,8 @@ class OcppServer:
         self._passwords = {c.id: c.password for c in cfg.chargers}
         self._profiles = {c.id: c.profile(cfg.ocpp) for c in cfg.chargers}
         self._quiet = RepeatFilter(log)
-        self.tls: ServerTls | None = (
-            None  # the wss:// listener's certificates, CA and CRL (reloaded when changed)
-        )
+        # the wss:// listener's certificates, CA and CRL (reloaded when changed); None without TLS
+        self.tls: ServerTls | None = None
         self.port = 0
         self.plain_port = 0  # the extra ws:// listener of a TLS site ([ocpp] plain_port), 0 = none
         self.stats: dict[str, Any] = {
@@ -175,8 +174,11 @@ class OcppServer:
         the new CRL revokes is disconnected (its reconnect is refused)."""
         while True:
             await asyncio.sleep(interval)
-            if await asyncio.to_thread(tls.reload_if_changed):
-                await self._drop_revoked(tls)
+            try:
+                if await asyncio.to_thread(tls.reload_if_changed):
+                    await self._drop_revoked(tls)
+            except Exception:  # a bug here must not end the watching: the old files stay in force
+                log.exception("TLS reload round failed")
 
     async def _drop_revoked(self, tls: ServerTls) -> None:
         for cid, conn in list(self._conns.items()):

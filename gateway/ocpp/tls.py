@@ -261,7 +261,12 @@ class ServerTls:
         revoked = self._loaded.revoked
         if not revoked:
             return False
-        cert = x509.load_der_x509_certificate(peer_der)
+        try:
+            cert = x509.load_der_x509_certificate(peer_der)
+        except ValueError as e:
+            # OpenSSL verified it, but it cannot be checked against the CRL: refused rather than let through
+            log.warning("a client certificate cannot be checked for revocation, refused: %s", e)
+            return True
         serials = revoked.get(cert.issuer.public_bytes())
         return serials is not None and cert.serial_number in serials
 
