@@ -12,6 +12,10 @@ Phases, each run against the gateway and then against the echo server:
 The mix is MeterValues (durable: stored before the answer) and Authorize (--authorize-share). After the run the
 stored meter samples are counted to confirm that every answered MeterValues was committed.
 
+--tls: both servers listen on wss:// with the same certificate (EC P-256, made with the openssl CLI in a temporary
+directory; the gateway at security profile 2, Basic over TLS): the connect phase then measures a reconnect storm's
+TLS handshakes, `connect.server_cpu_s` the server's CPU for it (per charger: `server_cpu_ms_per_charger`).
+
 Measured: connections held, msgs/s, p50/p99/max round trip, gateway CPU (utime+stime from /proc/<pid>/stat) per
 phase, gateway peak RSS (VmHWM), load-generator CPU (to show whether the generator was the limit). Output: one JSON
 document on stdout (and --out FILE). Targets: 1000 connected, >= 2000 durable msgs/s on one core, p99 <= 20 ms at
@@ -31,6 +35,7 @@ import json
 import multiprocessing as mp
 import os
 import sqlite3
+import ssl
 import statistics
 import sys
 import tempfile
@@ -44,6 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchreport import emit  # noqa: E402  (bench/ is the script's directory)
 
+from hil_tests.certs import SERVER_EXT, make_ca, make_leaf  # noqa: E402
 from hil_tests.gateway_proc import (  # noqa: E402
     ChargerSpec,
     GatewayProcess,
@@ -60,6 +66,8 @@ CONNECT_CONCURRENCY = 100
 ANSWER_TIMEOUT = 30.0
 # Time for a phase's outstanding CALLs to drain after the phase ends.
 DRAIN_TIMEOUT = 30.0
+# The echo server process answers with its URL right after binding; if it died instead, do not wait forever.
+ECHO_START_TIMEOUT = 60.0
 BASE_TS = 1_767_225_600  # 2026-01-01T00:00:00Z: meter timestamps count up from here, one second per sample
 
 
@@ -81,7 +89,7 @@ class LoadCP:
         self.seq = itertools.count(1)
         self.tx = 0
 
-    async def connect(self, url: str) -> None:
+    async def connect(self, url: str, tls: ssl.SSLContext | None) -> None:
         from websockets.asyncio.client import connect
 
         auth = base64.b64encode(f"{self.cid}:{self.password}".encode()).decode()
@@ -93,6 +101,7 @@ class LoadCP:
             ping_interval=None,
             open_timeout=ANSWER_TIMEOUT,
             close_timeout=2,
+            **({"ssl": tls} if tls is not None else {}),
         )
         self.reader = asyncio.create_task(self._read())
 
@@ -175,14 +184,15 @@ async def _timed(cp: LoadCP, authorize: bool, tally: Tally, echo: bool) -> None:
     tally.record(action, msg, lat, echo)
 
 
-async def _connect_fleet(cps: list[LoadCP], url: str, echo: bool) -> dict[str, Any]:
+async def _connect_fleet(cps: list[LoadCP], url: str, echo: bool, ca: str | None) -> dict[str, Any]:
     sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    tls = ssl.create_default_context(cafile=ca) if ca else None
     failures: list[str] = []
 
     async def one(i: int, cp: LoadCP) -> None:
         async with sem:
             try:
-                await cp.connect(url)
+                await cp.connect(url, tls)
                 boot, _ = await cp.call(
                     "BootNotification", {"chargePointVendor": "Bench", "chargePointModel": "LoadCP"}
                 )
@@ -281,7 +291,7 @@ async def _worker_loop(pipe: Any, charger_ids: list[tuple[str, str]]) -> None:
         t0 = time.perf_counter()
         op = cmd["op"]
         if op == "connect":
-            result: dict[str, Any] = await _connect_fleet(cps, cmd["url"], cmd["echo"])
+            result: dict[str, Any] = await _connect_fleet(cps, cmd["url"], cmd["echo"], cmd.get("ca"))
         elif op == "rate":
             result = (
                 await _rate_phase(cps, cmd["rate"], cmd["duration"], cmd["auth_every"], cmd["echo"])
@@ -317,7 +327,7 @@ def worker_main(pipe: Any, charger_ids: list[tuple[str, str]], cpus: list[int] |
 # ---------------------------------------------------------------------------------------------------------------
 # echo server (the ceiling): same websockets library, same settings, no OCPP
 # ---------------------------------------------------------------------------------------------------------------
-def echo_main(pipe: Any, cpu: int | None) -> None:
+def echo_main(pipe: Any, cpu: int | None, cert: tuple[str, str] | None) -> None:
     raise_nofile_limit()
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
@@ -329,11 +339,24 @@ def echo_main(pipe: Any, cpu: int | None) -> None:
             async for msg in ws:
                 await ws.send(msg)
 
+        tls = None
+        if cert is not None:  # the gateway's settings (gateway.ocpp.tls): TLS 1.2+, Python's default suites
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.minimum_version = ssl.TLSVersion.TLSv1_2
+            tls.load_cert_chain(*cert)
         async with serve(
-            echo, "127.0.0.1", 0, subprotocols=["ocpp1.6"], compression=None, max_size=65536, max_queue=32
+            echo,
+            "127.0.0.1",
+            0,
+            subprotocols=["ocpp1.6"],
+            compression=None,
+            max_size=65536,
+            max_queue=32,
+            **({"ssl": tls} if tls is not None else {}),
         ) as server:
             port = next(iter(server.sockets)).getsockname()[1]
-            pipe.send({"url": f"ws://127.0.0.1:{port}/ocpp/", "pid": os.getpid()})
+            scheme = "wss" if tls is not None else "ws"
+            pipe.send({"url": f"{scheme}://127.0.0.1:{port}/ocpp/", "pid": os.getpid()})
             await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # wait for "stop"
 
     asyncio.run(main())
@@ -408,15 +431,26 @@ def _merge(results: list[dict[str, Any]], server_cpu_s: float) -> dict[str, Any]
 
 
 def run_target(
-    name: str, url: str, pid: int, workers: Workers, args: argparse.Namespace, auth_every: int
+    name: str,
+    url: str,
+    pid: int,
+    workers: Workers,
+    args: argparse.Namespace,
+    auth_every: int,
+    ca: str | None = None,
 ) -> dict[str, Any]:
     echo = name == "echo"
     out: dict[str, Any] = {}
-    conn = workers.all({"op": "connect", "url": url, "echo": echo})
+    c0 = cpu_seconds(pid)
+    conn = workers.all({"op": "connect", "url": url, "echo": echo, "ca": ca})
+    server_cpu = cpu_seconds(pid) - c0
     out["connect"] = {
         "seconds": round(max(r["seconds"] for r in conn), 2),
         "failed": sum(r["failed"] for r in conn),
         "failures": [f for r in conn for f in r["failures"]][:5],
+        "tls": ca is not None,
+        "server_cpu_s": round(server_cpu, 3),
+        "server_cpu_ms_per_charger": round(server_cpu * 1000 / max(1, args.chargers), 3),
     }
     out["connections_held_after_connect"] = sum(r["open"] for r in workers.all({"op": "held"}))
     per_worker_rate = args.rate / len(workers.pipes)
@@ -487,6 +521,9 @@ def main() -> int:
     )
     ap.add_argument("--no-validate", action="store_true", help="gateway [ocpp].validate_schemas = false")
     ap.add_argument("--skip-echo", action="store_true")
+    ap.add_argument(
+        "--tls", action="store_true", help="wss:// (security profile 2) for the gateway and the echo"
+    )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -528,10 +565,19 @@ def main() -> int:
     workers = Workers(ctx, ids, args.procs, gen_cpus)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-ocpp-") as tmp:
+            ocpp: dict[str, Any] = {"heartbeat_interval": 3600, "validate_schemas": not args.no_validate}
+            ca = cert = None
+            if args.tls:
+                certs = Path(tmp) / "certs"
+                certs.mkdir()
+                make_ca(certs, "ca")
+                make_leaf(certs, "gateway", "/CN=127.0.0.1", "ca", SERVER_EXT)
+                ca, cert = str(certs / "ca.pem"), (str(certs / "gateway.pem"), str(certs / "gateway.key"))
+                ocpp.update(host="127.0.0.1", tls_cert=cert[0], tls_key=cert[1])
             gw = GatewayProcess(
-                Path(tmp),
+                Path(tmp) / "gw",
                 chargers=chargers,
-                ocpp={"heartbeat_interval": 3600, "validate_schemas": not args.no_validate},
+                ocpp=ocpp,
                 allow=[TAG],
                 cpu=server_cpu,
                 env={"PYTHONWARNINGS": "ignore"},
@@ -540,7 +586,7 @@ def main() -> int:
             try:
                 rss_idle = peak_rss_mb(gw.pid)
                 samples_before = _committed(gw)
-                g = run_target("gateway", gw.ocpp_url, gw.pid, workers, args, auth_every)
+                g = run_target("gateway", gw.ocpp_url, gw.pid, workers, args, auth_every, ca)
                 g["peak_rss_mb_before_connect"] = round(rss_idle, 1)
                 g["gateway_cpu_total_s"] = round(cpu_seconds(gw.pid), 2)
                 answered_mv = (
@@ -561,18 +607,22 @@ def main() -> int:
                 ]
                 if stderr_tail:
                     report["gateway_errors"] = stderr_tail
-        if not args.skip_echo:
-            parent, child = ctx.Pipe()
-            ep = ctx.Process(target=echo_main, args=(child, server_cpu), daemon=True)
-            ep.start()
-            info = parent.recv()
-            try:
-                report["echo"] = run_target("echo", info["url"], info["pid"], workers, args, auth_every)
-            finally:
-                parent.send("stop")
-                ep.join(timeout=10)
-                if ep.is_alive():
-                    ep.kill()
+            if not args.skip_echo:
+                parent, child = ctx.Pipe()
+                ep = ctx.Process(target=echo_main, args=(child, server_cpu, cert), daemon=True)
+                ep.start()
+                if not parent.poll(ECHO_START_TIMEOUT):
+                    raise RuntimeError(f"the echo server did not start within {ECHO_START_TIMEOUT} s")
+                info = parent.recv()
+                try:
+                    report["echo"] = run_target(
+                        "echo", info["url"], info["pid"], workers, args, auth_every, ca
+                    )
+                finally:
+                    parent.send("stop")
+                    ep.join(timeout=10)
+                    if ep.is_alive():
+                        ep.kill()
     finally:
         workers.stop()
 
@@ -587,6 +637,9 @@ def main() -> int:
             if g["rate"]["rtt_ms"]["p99"] and e["rate"]["rtt_ms"]["p99"]
             else None,
             "peak_rss": round(g["peak_rss_mb"] / e["peak_rss_mb"], 2) if e["peak_rss_mb"] else None,
+            "connect_server_cpu": round(g["connect"]["server_cpu_s"] / e["connect"]["server_cpu_s"], 2)
+            if e["connect"]["server_cpu_s"]
+            else None,
         }
     report["machine"]["loadavg_at_end"] = os.getloadavg()
     p99 = g["rate"]["rtt_ms"]["p99"]
