@@ -75,6 +75,18 @@ class Authorizer(Protocol):
         start_ts: str | None = None,
     ) -> Any: ...
 
+    def confirm_start(
+        self,
+        conn: sqlite3.Connection,
+        decision: Any,
+        *,
+        connector_id: int | None = None,
+        start_ts: str | None = None,
+    ) -> Any:
+        """In the StartTransaction's transaction, before its row is written: the decision to store and answer (the
+        ConcurrentTx check again, serialized with every other start)."""
+        ...
+
     def record(
         self, conn: sqlite3.Connection, decision: Any, *, transaction_id: int | None = None
     ) -> None: ...
@@ -425,7 +437,7 @@ class Csms:
         meter_start, ts = int(p["meterStart"]), p["timestamp"]
         # A charger whose answer was lost resends the very same request: it must get the same transactionId.
         start_key = f"{cid}|{connector}|{id_tag}|{meter_start}|{ts}"
-        decision: AuthDecision = await self.authorizer.decide(
+        decided: AuthDecision = await self.authorizer.decide(
             cid, id_tag, purpose="start", connector_id=connector, start_ts=ts
         )
         now = self.wall()
@@ -439,6 +451,10 @@ class Csms:
                 if row["parent_id_tag"]:
                     info["parentIdTag"] = row["parent_id_tag"]
                 return int(row["id"]), info, False
+            # decided before this write; a start of the same card stored meanwhile may make it ConcurrentTx
+            decision: AuthDecision = self.authorizer.confirm_start(
+                conn, decided, connector_id=connector, start_ts=ts
+            )
             cur = conn.execute(
                 "INSERT INTO transactions (charger_id, connector_id, id_tag, parent_id_tag, auth_status, "
                 "auth_method, reservation_id, meter_start, start_ts, started_at, start_key) "

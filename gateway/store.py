@@ -5,15 +5,24 @@ thread; the awaiting coroutine resumes only after COMMIT (with synchronous=FULL,
 while a commit is in flight are batched into the next transaction, each inside its own SAVEPOINT so one failing
 operation does not undo the others. This is how "persisted before the charger gets its answer" stays cheap at
 thousands of messages per second on an SD card.
+
+Bulk work (a token list of a million rows written in slices, an old generation deleted) goes through the bulk lane,
+`Store.write_bulk(fn)` / `submit_bulk(fn)`: the writer thread runs a bulk job only when no ordinary write is waiting,
+each in a transaction of its own (never in a group commit with a charger's write), so a charger's write waits at
+most for the one bulk job in progress. A job submitted with `durable=False` (a slice of a larger piece of work) is
+committed without an fsync of its own: it becomes durable with the next ordinary write's commit (the WAL is appended
+in order and a synchronous=FULL commit syncs it up to its own frames) or at the next checkpoint. After a power cut
+the latest such jobs may be missing, never half applied, and never while a later ordinary write survived; the
+caller finishes its work with an ordinary write (the token list does: the new generation is made live by one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import queue
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
@@ -25,6 +34,10 @@ T = TypeVar("T")
 
 # Most operations one group commit may carry; bounds the latency a burst adds to the first caller.
 _MAX_BATCH = 256
+# A bulk job waits while ordinary writes keep coming; after this many group commits in a row with a bulk job waiting,
+# one bulk job runs anyway (the writer saturated by chargers must not starve a token list for ever). At a few ms per
+# group commit, it delays a charger's write by at most one bulk job per this many commits.
+BULK_STARVATION_COMMITS = 8
 
 MIGRATIONS: list[str] = [
     # 1: walking skeleton
@@ -195,12 +208,24 @@ def _settle(future: Future[Any], ok: bool, value: Any) -> None:
         pass
 
 
-class _Op:
-    __slots__ = ("fn", "future")
+def _restore_full_sync(conn: sqlite3.Connection) -> None:
+    """Back to synchronous=FULL after a bulk job. Should it fail (it does not touch the file), the connection is of
+    no use for ordinary writes: closing it makes every later write fail loudly instead of committing unsynced."""
+    try:
+        conn.execute("PRAGMA synchronous = FULL")
+    except sqlite3.Error:
+        conn.close()
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: Future[Any]) -> None:
+
+class _Op:
+    __slots__ = ("durable", "fn", "future")
+
+    def __init__(
+        self, fn: Callable[[sqlite3.Connection], Any], future: Future[Any], durable: bool = True
+    ) -> None:
         self.fn = fn
         self.future = future
+        self.durable = durable
 
 
 class Store:
@@ -210,12 +235,18 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        # the writer's work: ordinary writes (group committed, first served) and bulk jobs (one per transaction,
+        # when no ordinary write waits); `_closing` set by close(): the writer drains both queues, then stops
+        self._cond = threading.Condition(threading.Lock())
+        self._normal: deque[_Op] = deque()
+        self._bulk: deque[_Op] = deque()
+        self._closing = False
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
         self._read_local = threading.local()
         self.commits = 0
         self.ops = 0
+        self.bulk_commits = 0
 
     @classmethod
     def open(cls, data_dir: Path) -> Store:
@@ -238,12 +269,19 @@ class Store:
         return store
 
     # -- writes -----------------------------------------------------------------------------------------------
-    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
-        if self._thread is None:
-            raise StoreError("store is closed")
+    def _enqueue(
+        self, lane: deque[_Op], fn: Callable[[sqlite3.Connection], T], durable: bool = True
+    ) -> Future[T]:
         fut: Future[T] = Future()
-        self._queue.put(_Op(fn, fut))
+        with self._cond:
+            if self._thread is None or self._closing:
+                raise StoreError("store is closed")
+            lane.append(_Op(fn, fut, durable))
+            self._cond.notify()
         return fut
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
+        return self._enqueue(self._normal, fn)
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run fn(conn) in a write transaction; return its result once it is committed to disk."""
@@ -252,26 +290,47 @@ class Store:
     def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return self.submit(fn).result()
 
+    def submit_bulk(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> Future[T]:
+        """Queue fn(conn) on the bulk lane (see the module docstring): it runs when no ordinary write is waiting, in
+        a transaction of its own. Keep each job short (a few ms): an ordinary write that arrives meanwhile waits for
+        it. `durable=False`: committed without an fsync of its own (durable with the next ordinary commit), for a
+        slice of work that a later ordinary write completes."""
+        return self._enqueue(self._bulk, fn, durable)
+
+    async def write_bulk(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+        """submit_bulk(fn), returning fn's result once its transaction is committed."""
+        return await asyncio.wrap_future(self.submit_bulk(fn, durable=durable))
+
+    def _next(self, normal_run: int) -> tuple[list[_Op], bool, bool] | None:
+        """The writer's next unit of work: (a batch of ordinary writes, False, whether a bulk job is waiting) or
+        ([one bulk job], True, True); None when closing with nothing left. `normal_run`: group commits in a row
+        while a bulk job waited (BULK_STARVATION_COMMITS)."""
+        with self._cond:
+            while not self._normal and not self._bulk and not self._closing:
+                self._cond.wait()
+            if self._normal and not (self._bulk and normal_run >= BULK_STARVATION_COMMITS):
+                n = min(len(self._normal), _MAX_BATCH)
+                return [self._normal.popleft() for _ in range(n)], False, bool(self._bulk)
+            if self._bulk:
+                return [self._bulk.popleft()], True, True
+            return None
+
     def _writer(self) -> None:
         conn = self._conn
         assert conn is not None
+        normal_run = 0
         while True:
-            first = self._queue.get()
-            if first is None:
+            work = self._next(normal_run)
+            if work is None:
                 break
-            batch = [first]
-            stop = False
-            while len(batch) < _MAX_BATCH:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
+            batch, bulk, bulk_waiting = work
+            normal_run = normal_run + 1 if bulk_waiting and not bulk else 0
+            unsynced = bulk and not batch[0].durable
             results: list[tuple[_Op, bool, Any]] = []
             try:
+                if unsynced:
+                    # durable with the next ordinary commit (module docstring); FULL again right after
+                    conn.execute("PRAGMA synchronous = NORMAL")
                 conn.execute("BEGIN IMMEDIATE")
                 for op in batch:
                     conn.execute("SAVEPOINT op")
@@ -285,8 +344,11 @@ class Store:
                         conn.execute("RELEASE op")
                         results.append((op, True, value))
                 conn.execute("COMMIT")
-                self.commits += 1
-                self.ops += len(batch)
+                if bulk:
+                    self.bulk_commits += 1
+                else:
+                    self.commits += 1
+                    self.ops += len(batch)
             except sqlite3.Error as e:
                 try:
                     conn.execute("ROLLBACK")
@@ -294,10 +356,11 @@ class Store:
                     pass
                 err = StoreError(f"commit failed: {e}")
                 results = [(op, False, err) for op in batch]
+            finally:
+                if unsynced:
+                    _restore_full_sync(conn)
             for op, ok, value in results:
                 _settle(op.future, ok, value)
-            if stop:
-                break
         conn.close()
 
     # -- reads ------------------------------------------------------------------------------------------------
@@ -311,8 +374,11 @@ class Store:
         return fn(conn)
 
     def close(self) -> None:
+        """Stop taking writes, run every write and bulk job already queued, stop the writer."""
         if self._thread is not None:
-            self._queue.put(None)
+            with self._cond:
+                self._closing = True
+                self._cond.notify()
             self._thread.join()
             self._thread = None
         conn = getattr(self._read_local, "conn", None)

@@ -24,6 +24,7 @@ stop someone else's session.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Final, Literal
 
@@ -284,18 +285,24 @@ def concurrent_conflicts(
     return conflicts, later
 
 
+def concurrent_refusal(d: AuthDecision, conflicts: Sequence[ActiveSession], note: str = "") -> AuthDecision:
+    """`d` answered ConcurrentTx because of `conflicts` (concurrent_conflicts' first result, not empty), naming the
+    earliest of them; `note` is added to the reason (e.g. when the conflict was found only at the write)."""
+    s = min(conflicts, key=lambda c: c.started_at)
+    return _with(
+        d,
+        "ConcurrentTx",
+        f"already in transaction {s.transaction_id} at {s.charger_id} connector {s.connector_id} "
+        f"(concurrent_sessions = refuse{note}); the token itself: {d.reason}",
+    )
+
+
 def _concurrency(req: Request, facts: Facts, policy: Policy, now: float, d: AuthDecision) -> AuthDecision:
     if policy.concurrent_sessions != "refuse" or not d.accepted or req.purpose not in ("authorize", "start"):
         return d
     conflicts, later = concurrent_conflicts(req, facts.active_sessions, policy, now)
     if conflicts:
-        s = min(conflicts, key=lambda c: c.started_at)
-        return _with(
-            d,
-            "ConcurrentTx",
-            f"already in transaction {s.transaction_id} at {s.charger_id} connector {s.connector_id} "
-            f"(concurrent_sessions = refuse); the token itself: {d.reason}",
-        )
+        return concurrent_refusal(d, conflicts)
     if later:
         ids = ", ".join(str(s.transaction_id) for s in later)
         return _with(d, "Accepted", f"{d.reason}; overlaps transaction(s) {ids} that began after this start")

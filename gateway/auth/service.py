@@ -9,7 +9,9 @@ it lets in a token the store does not vouch for (`answer_before_commit`; docs/au
 before the answer").
 
 For an Authorize or a start it also reads the token's active transactions when `concurrent_sessions = "refuse"`
-(the ConcurrentTx check is pure: decision.concurrent_conflicts).
+(the ConcurrentTx check is pure: decision.concurrent_conflicts). For a start that check is made once more by
+`confirm_start(conn, ...)` inside the StartTransaction's own write, serialized with every other start, so two starts
+of one card at the same moment cannot both be Accepted.
 
 A supervisor task (started by `start()`) re-checks sessions started under the offline policy once the eMSP is
 reachable, enforces accept_limited caps with RemoteStopTransaction, ends operator overrides whose time is up
@@ -23,6 +25,7 @@ import asyncio
 import functools
 import logging
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -45,6 +48,8 @@ from gateway.auth.decision import (
     Purpose,
     Request,
     Source,
+    concurrent_conflicts,
+    concurrent_refusal,
     evaluate,
 )
 from gateway.auth.emsp import EmspAuthAnswer, EmspAuthorizer
@@ -73,15 +78,23 @@ SUPERVISE_INTERVAL_S: Final = 2.0
 STOP_RETRY_S: Final = 30.0
 # Re-checks of offline-policy sessions per supervisor round (each may wait up to the eMSP budget).
 RECHECK_BATCH: Final = 16
-# Rows per transaction when writing or deleting a full list: every charger message waits for the chunk in progress
-# on the single writer thread. Measured with 1,000,000 tokens under 200 msg/s (bench/bench_auth_ws.py): 25,000 rows
-# gave other traffic p99 392-652 ms during the apply and dropped a third of it; 5,000 rows gave p99 147 ms, nothing
-# dropped, and the whole list in 10.1 s instead of 7.7-9.5 s (target 15 s).
-LIST_CHUNK: Final = 5_000
+# Rows per bulk-lane job when writing or deleting a full list (gateway/store.py: a job runs only when no charger
+# write waits, in its own transaction; a charger write that arrives meanwhile waits for the job in progress, so
+# this bounds that wait). One set-based statement per job: ~2.4 us per row here (5,000 rows: 12 ms).
+# Measured with PARSE_SLICE (bench/bench_auth_ws.py --list-chunk/--parse-slice, 1,000,000 tokens, gateway pinned to
+# one CPU; Authorize p99 / other traffic p99 during the apply, apply time): 5,000/500: 10.2 / 28.5 ms, 5.3 s;
+# 2,000/500: 10.3 / 23.8 ms, 5.3 s; 1,000/250: 5.3 / 13.0 ms, 5.8 s; 1,000/100: 3.7 / 11.2 ms, 5.8 s.
+LIST_CHUNK: Final = 1_000
+# Entries validated on the event loop between two yields to it (~2.5 us each here: ~0.25 ms per slice). An
+# Authorize takes a few loop iterations, each behind one slice. Validating on a worker thread instead holds the GIL
+# for long stretches, and the event loop waits up to the interpreter's switch interval (5 ms) for it after every
+# system call: Authorize p99 53-59 ms during a 1,000,000-token apply.
+PARSE_SLICE: Final = 100
 # Timeout of a RemoteStopTransaction sent by the supervisor (the OCPP server's default is 30 s).
 STOP_CALL_TIMEOUT_S: Final = 30.0
 # A differential is applied in one transaction (it must be atomic): this caps how long it holds the store's writer
-# (~0.3 s per 10,000 entries measured). Larger changes come as a full list, which is applied in chunks.
+# (one bulk-lane job: ~0.1 s per 10,000 entries in a 1,000,000-token list measured, mostly the B-tree pages the
+# random ids touch). Larger changes come as a full list, which is applied in chunks.
 MAX_DIFFERENTIAL_TOKENS: Final = 100_000
 # Decision rows are kept this long (their AUTH_DECISION events carry them to the eMSP); pruned in batches.
 DECISION_RETENTION_S: Final = 180 * 86400.0
@@ -347,6 +360,55 @@ class AuthService:
         elif d.purpose == "stop" and tx is not None:
             _end_offline_session(conn, tx)
 
+    def confirm_start(
+        self,
+        conn: sqlite3.Connection,
+        decision: AuthDecision,
+        *,
+        connector_id: int | None = None,
+        start_ts: str | None = None,
+    ) -> AuthDecision:
+        """The ConcurrentTx check of a start again, on the store's writer thread inside the StartTransaction's own
+        transaction, before its row is written: the decision to store and answer (this one, or ConcurrentTx).
+
+        decide() reads the token's active transactions on the event loop, before the write: two starts of one card
+        at two chargers at the same moment both read "none". The writer thread runs one transaction at a time and
+        sees every start stored before this one (committed, or earlier in the same group commit), so here exactly
+        one of them finds the other. Same rules as decide() (decision.concurrent_conflicts): only conflicts count;
+        a start that was Accepted stays Accepted when none appeared meanwhile."""
+        if (
+            self.policy.concurrent_sessions != "refuse"
+            or decision.purpose != "start"
+            or not decision.accepted
+        ):
+            return decision
+        now = self._wall()
+        active = ts.active_sessions(conn, decision.id_tag, now - self.policy.concurrent_stale_after_s)
+        req = Request(
+            charger_id=decision.charger_id,
+            id_tag=decision.id_tag,
+            purpose="start",
+            connector_id=connector_id,
+            start_time=_charger_time(start_ts),
+        )
+        conflicts, _later = concurrent_conflicts(req, active, self.policy, now)
+        if not conflicts:
+            return decision
+        first = min(conflicts, key=lambda c: c.started_at)
+        refused = concurrent_refusal(decision, conflicts, "; a start stored meanwhile")
+        if decision.limits is not None:  # the accept_limited slot decide() reserved is not taken
+            with self._reservations_lock:
+                if self._reservations:
+                    self._reservations.pop(0)
+        log.info(
+            "auth start %s at %s: ConcurrentTx after all (transaction %d at %s stored meanwhile)",
+            mask(decision.id_tag),
+            decision.charger_id,
+            first.transaction_id,
+            first.charger_id,
+        )
+        return refused
+
     async def record_async(self, decision: AuthDecision, *, transaction_id: int | None = None) -> None:
         """record() in its own transaction, returning once it is committed."""
         await self._store.write(lambda c: self.record(c, decision, transaction_id=transaction_id))
@@ -493,11 +555,17 @@ class AuthService:
                         return False, (
                             f"a differential may carry at most {MAX_DIFFERENTIAL_TOKENS} entries: send a full list"
                         )
+                rows = ts.DifferentialRows()
                 try:
-                    specs = await asyncio.to_thread(_parse_all, tokens, True, 0)
+                    await _parse_sliced(tokens, True, 0, rows.add)
                 except TokenError as e:
                     return False, f"refused, nothing changed: {e}"
-                await self._store.write(lambda c: ts.apply_differential(c, version, specs))
+                diff = rows.texts()
+                del rows
+                # one transaction (atomic), not in a group commit with chargers' writes; fsynced before the answer
+                await self._store.write_bulk(
+                    functools.partial(ts.apply_differential, version=version, specs=diff)
+                )
                 count = len(tokens)
             else:
                 if version < current:
@@ -511,11 +579,17 @@ class AuthService:
 
     async def _apply_full(self, version: int, chunks: AsyncIterator[list[Any]]) -> tuple[str | None, int]:
         """Validate and write chunk by chunk into a new generation (memory stays O(chunk)); only a complete,
-        valid list is made live. Returns (the problem of the first bad entry or None, entries written).
-        Pipelined: chunk i+1 is validated on a worker thread while the store's writer thread inserts chunk i."""
+        valid list is made live, by an ordinary (fsynced) write. Returns (the problem of the first bad entry or None,
+        entries written). Entries are validated on the event loop, PARSE_SLICE at a time; each chunk is inserted by
+        the store's writer thread on its bulk lane (GIL released: one SQLite statement per chunk). With more than
+        one CPU, chunk i+1 is validated while chunk i is written; on one CPU they take turns: overlapped, the two
+        threads share the CPU and the event loop answers chargers at half speed (bench/bench_auth_ws.py, gateway
+        pinned to one CPU, 2,000-row chunks, 500-entry slices: Authorize p99 12.0 ms overlapped, 9.0-10.3 ms in
+        turns, the apply 5.2 s either way)."""
         await self._drop_stale_generations()
         new = self._store.read(lambda c: ts.meta(c, "active_gen")) + 1
         writing: Future[None] | None = None
+        overlap = _cpus_available() > 1
         problem: str | None = None
         offset = 0
         try:
@@ -524,18 +598,23 @@ class AuthService:
                     if offset + i >= MAX_LIST_TOKENS:
                         problem = f"more than {MAX_LIST_TOKENS} entries"
                         break
+                    chunk = ts.ListRows()
                     try:
-                        chunk = await asyncio.to_thread(
-                            _parse_all, part[i : i + LIST_CHUNK], False, offset + i
-                        )
+                        await _parse_sliced(part[i : i + LIST_CHUNK], False, offset + i, chunk.add)
                     except TokenError as e:
                         problem = str(e)
                         break
+                    rows = chunk.text()
                     if writing is not None:
                         await asyncio.wrap_future(writing)
-                    writing = self._store.submit(
-                        functools.partial(ts.insert_list_chunk, gen=new, version=version, specs=chunk)
+                    # not fsynced on its own: the activation below (an ordinary write) makes it durable
+                    writing = self._store.submit_bulk(
+                        functools.partial(ts.insert_list_json, gen=new, version=version, rows=rows),
+                        durable=False,
                     )
+                    if not overlap:
+                        await asyncio.wrap_future(writing)
+                        writing = None
                 offset += len(part)
                 if problem is not None:
                     break
@@ -553,9 +632,11 @@ class AuthService:
         return None, offset
 
     async def _drop_stale_generations(self) -> None:
+        """Delete the generations that are not live, LIST_CHUNK rows per bulk job (not fsynced on their own: an
+        interrupted delete is found again by stale_generations and finished)."""
         for gen in self._store.read(ts.stale_generations):
-            while await self._store.write(
-                functools.partial(ts.delete_generation_chunk, gen=gen, limit=LIST_CHUNK)
+            while await self._store.write_bulk(
+                functools.partial(ts.delete_generation_chunk, gen=gen, limit=LIST_CHUNK), durable=False
             ):
                 pass
 
@@ -734,14 +815,28 @@ async def _slices(tokens: list[Any]) -> AsyncIterator[list[Any]]:
         yield tokens[i : i + LIST_CHUNK]
 
 
-def _parse_all(tokens: list[Any], differential: bool, offset: int) -> list[TokenSpec]:
-    out = []
-    for i, raw in enumerate(tokens):
-        try:
-            out.append(parse_entry(raw, allow_remove=differential))
-        except TokenError as e:
-            raise TokenError(f"entry {offset + i}: {e}") from None
-    return out
+def _cpus_available() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a gateway pinned with taskset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+async def _parse_sliced(
+    tokens: list[Any], differential: bool, offset: int, each: Callable[[TokenSpec], object]
+) -> None:
+    """Validate every entry (raising TokenError naming the first bad one by its index in the whole list) and hand it
+    to `each` (which may refuse it with a TokenError too), on the event loop, yielding to it every PARSE_SLICE
+    entries (see PARSE_SLICE: no worker thread holding the GIL). `each` should keep no per-entry object the GC tracks
+    (tokenstore.row_json)."""
+    for start in range(0, len(tokens), PARSE_SLICE):
+        for i in range(start, min(start + PARSE_SLICE, len(tokens))):
+            try:
+                each(parse_entry(tokens[i], allow_remove=differential))
+            except TokenError as e:
+                raise TokenError(f"entry {offset + i}: {e}") from None
+        await asyncio.sleep(0)
 
 
 def _energy_wh(conn: sqlite3.Connection, *, charger_id: str, connector_id: int, tx: int) -> float | None:

@@ -6,8 +6,9 @@ Tables (component 'auth'):
   it is the listVersion sent to chargers; `full_revision` = revision of the last full snapshot (a charger older
   than it needs a Full list); `changes_floor` = oldest revision still in auth_changes.
 - auth_list: the eMSP local list, keyed (gen, id). A full snapshot is written into generation active_gen+1 in
-  chunks, each its own short transaction (the writer thread keeps serving StartTransactions in between), then
-  made live in one tiny transaction; the old generation is deleted afterwards, also in chunks.
+  chunks, each a short job on the store's bulk lane (one set-based statement over a JSON text: `insert_list_json`;
+  chargers' writes go first), then made live in one tiny ordinary transaction; the old generation is deleted
+  afterwards, also in chunks.
 - auth_manual: tokens added by the operator (CLI) or the config's allow-list (origin 'config').
 - auth_cache: results of online authorizations (never a token of the local list).
 - auth_changes: (revision, id) of every differential / manual change, for differential charger-list updates.
@@ -22,9 +23,11 @@ Tables (component 'auth'):
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _json_quote  # C: a quoted, escaped JSON string literal
 from typing import Any
 
 from gateway import events
@@ -36,7 +39,14 @@ from gateway.auth.decision import (
     live_entries,
     merge_local,
 )
-from gateway.auth.tokens import TokenSpec, decode_chargers, encode_chargers, format_expiry
+from gateway.auth.tokens import (
+    TokenError,
+    TokenSpec,
+    decode_chargers,
+    encode_chargers,
+    format_expiry,
+    mask,
+)
 from gateway.store import register_migrations
 
 MIGRATIONS = [
@@ -146,20 +156,28 @@ def set_meta(conn: sqlite3.Connection, key: str, value: int) -> None:
     )
 
 
-def bump_revision(conn: sqlite3.Connection, changed: Iterable[str] | None) -> int:
-    """Record one change of the local list; `changed` None = a full replacement."""
+def bump_revision(
+    conn: sqlite3.Connection, changed: Iterable[str] | None, *, changed_json: str | None = None
+) -> int:
+    """Record one change of the local list; `changed` None (and no `changed_json`, a JSON array of the ids) = a full
+    replacement."""
     rev = meta(conn, "revision") + 1
     set_meta(conn, "revision", rev)
-    if changed is None:
+    if changed is None and changed_json is None:
         set_meta(conn, "full_revision", rev)
         conn.execute("DELETE FROM auth_changes")
         set_meta(conn, "changes_floor", rev)
-    else:
+        return rev
+    if changed is not None:
         conn.executemany("INSERT INTO auth_changes (revision, id) VALUES (?, ?)", ((rev, i) for i in changed))
-        floor = rev - MAX_CHANGE_REVISIONS
-        if floor > meta(conn, "changes_floor"):
-            conn.execute("DELETE FROM auth_changes WHERE revision <= ?", (floor,))
-            set_meta(conn, "changes_floor", floor)
+    if changed_json is not None:
+        conn.execute(
+            "INSERT INTO auth_changes (revision, id) SELECT ?, value FROM json_each(?)", (rev, changed_json)
+        )
+    floor = rev - MAX_CHANGE_REVISIONS
+    if floor > meta(conn, "changes_floor"):
+        conn.execute("DELETE FROM auth_changes WHERE revision <= ?", (floor,))
+        set_meta(conn, "changes_floor", floor)
     return rev
 
 
@@ -376,6 +394,72 @@ def insert_list_chunk(conn: sqlite3.Connection, gen: int, version: int, specs: l
     )
 
 
+def row_json(s: TokenSpec) -> str:
+    """One entry as the JSON array `insert_list_json` reads: [id, status, expiry, parent_id, chargers]. Builds str
+    objects only, which the cyclic garbage collector does not track: a million entries passing through here do
+    not trigger collections (while a caller holds a million-entry input list, each full collection traverses it:
+    ~35 ms measured with 1,000,000 entries, a stall of the event loop every few thousand entries when every entry
+    left a tracked list or TokenSpec behind until its chunk was written)."""
+    if s.expiry is None:
+        expiry = "null"
+    elif math.isfinite(s.expiry):
+        expiry = repr(float(s.expiry))  # the JSON form of a finite float (json.dumps writes the same)
+    else:
+        raise TokenError(f"token {mask(s.id)}: expiry is not a finite time")
+    chargers = encode_chargers(s.chargers)
+    if chargers is not None and not chargers.isascii():
+        try:
+            chargers.encode("utf-8")
+        except UnicodeEncodeError:
+            # a lone surrogate (JSON "\ud800"): SQLite would store bytes that no later read can decode
+            raise TokenError(f"token {mask(s.id)}: chargers must be valid Unicode text") from None
+    return (
+        f"[{_json_str(s.id)},{_json_str(s.status)},{expiry},{_json_str(s.parent_id)},{_json_str(chargers)}]"
+    )
+
+
+def _json_str(v: str | None) -> str:
+    return "null" if v is None else _json_quote(v)
+
+
+def rows_json(rows: list[str]) -> str:
+    """The JSON array of `row_json` rows."""
+    return "[" + ",".join(rows) + "]"
+
+
+def list_rows_json(specs: Iterable[TokenSpec]) -> str:
+    return rows_json([row_json(s) for s in specs])
+
+
+class ListRows:
+    """Collects a chunk of a full list's validated entries as `row_json` fragments (nothing the GC tracks)."""
+
+    def __init__(self) -> None:
+        self.rows: list[str] = []
+
+    def add(self, s: TokenSpec) -> None:
+        self.rows.append(row_json(s))
+
+    def text(self) -> str:
+        return rows_json(self.rows)
+
+
+_INSERT_JSON = (
+    "INSERT INTO auth_list (gen, id, status, expiry, parent_id, chargers, list_version) "
+    "SELECT :gen, json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'), json_extract(j.value, '$[2]'), "
+    "json_extract(j.value, '$[3]'), json_extract(j.value, '$[4]'), :version FROM json_each(:rows) AS j WHERE true "
+    "ON CONFLICT (gen, id) DO UPDATE SET status = excluded.status, expiry = excluded.expiry, "
+    "parent_id = excluded.parent_id, chargers = excluded.chargers, list_version = excluded.list_version"
+)
+
+
+def insert_list_json(conn: sqlite3.Connection, gen: int, version: int, rows: str) -> None:
+    """insert_list_chunk for rows made by `list_rows_json`: ONE SQLite statement for the whole chunk, so the writer
+    thread does not hold the GIL while it runs (executemany takes it back for every row, and the event loop waits
+    for it each time), and faster: 12 ms vs 35 ms with executemany for 5,000 rows measured."""
+    conn.execute(_INSERT_JSON, {"gen": gen, "version": version, "rows": rows})
+
+
 def delete_generation_chunk(conn: sqlite3.Connection, gen: int, limit: int) -> int:
     return conn.execute(
         "DELETE FROM auth_list WHERE gen = ?1 AND id IN (SELECT id FROM auth_list WHERE gen = ?1 LIMIT ?2)",
@@ -406,15 +490,57 @@ def activate_generation(conn: sqlite3.Connection, gen: int, version: int) -> int
     return bump_revision(conn, None)
 
 
-def apply_differential(conn: sqlite3.Connection, version: int, specs: list[TokenSpec]) -> int:
+@dataclass(frozen=True, slots=True)
+class Differential:
+    """A validated differential as JSON texts (`DifferentialRows`), built off the writer thread."""
+
+    upserts: str  # rows_json of the entries with a status
+    removals: str  # JSON array of the ids to delete
+    changed: str  # JSON array of every id of the differential (auth_changes)
+
+
+class DifferentialRows:
+    """Collects a differential's validated entries as str fragments (see row_json: nothing the GC tracks)."""
+
+    def __init__(self) -> None:
+        self.upserts: list[str] = []
+        self.removals: list[str] = []
+        self.changed: list[str] = []
+
+    def add(self, s: TokenSpec) -> None:
+        quoted = _json_quote(s.id)
+        self.changed.append(quoted)
+        if s.status is None:
+            self.removals.append(quoted)
+        else:
+            self.upserts.append(row_json(s))
+
+    def texts(self) -> Differential:
+        return Differential(rows_json(self.upserts), rows_json(self.removals), rows_json(self.changed))
+
+
+def differential_json(specs: Iterable[TokenSpec]) -> Differential:
+    rows = DifferentialRows()
+    for s in specs:
+        rows.add(s)
+    return rows.texts()
+
+
+def apply_differential(conn: sqlite3.Connection, version: int, specs: list[TokenSpec] | Differential) -> int:
+    """A differential in the caller's transaction (atomic). Set-based statements over JSON texts: the writer thread
+    does not hold the GIL while SQLite works."""
+    d = specs if isinstance(specs, Differential) else differential_json(specs)
     gen = meta(conn, "active_gen")
-    upserts = [s for s in specs if s.status is not None]
-    removals = [s.id for s in specs if s.status is None]
-    insert_list_chunk(conn, gen, version, upserts)
-    conn.executemany("DELETE FROM auth_list WHERE gen = ? AND id = ?", ((gen, i) for i in removals))
-    conn.executemany("DELETE FROM auth_cache WHERE id = ?", ((s.id,) for s in upserts))
+    insert_list_json(conn, gen, version, d.upserts)
+    conn.execute(
+        "DELETE FROM auth_list WHERE gen = ? AND id IN (SELECT value FROM json_each(?))", (gen, d.removals)
+    )
+    conn.execute(
+        "DELETE FROM auth_cache WHERE id IN (SELECT json_extract(value, '$[0]') FROM json_each(?))",
+        (d.upserts,),
+    )
     set_meta(conn, "list_version", version)
-    return bump_revision(conn, [s.id for s in specs])
+    return bump_revision(conn, None, changed_json=d.changed)
 
 
 # -- listing --------------------------------------------------------------------------------------------------------
