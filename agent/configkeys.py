@@ -127,13 +127,18 @@ def parse(name: str, text: "Any") -> "Any":
 class Configuration:
     """The charge point's configuration keys. Writable values persist in HAL storage (one JSON blob)."""
 
-    def __init__(self, hal: "Any", number_of_connectors: int):
+    def __init__(self, hal: "Any", number_of_connectors: int, fixed: "dict[str, Any] | None" = None):
+        """`fixed`: values of read-only keys this charger sets itself (capacities from AgentConfig)."""
         self._hal = hal
         self._values = {}  # type: dict[str, Any]
         for name in DEFINITIONS:
             default = DEFINITIONS[name][2]
             self._values[name] = list(default) if isinstance(default, list) else default
         self._values["NumberOfConnectors"] = number_of_connectors
+        if fixed is not None:
+            for name in fixed:
+                if name in DEFINITIONS and DEFINITIONS[name][1] and fixed[name] is not None:
+                    self._values[name] = fixed[name]
         self._load()
 
     def _load(self) -> None:

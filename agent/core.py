@@ -13,14 +13,21 @@ import json
 
 from agent import configkeys, connector, ocppj
 from agent.compat import const, is_int, iso_utc, mask_token, parse_iso
-from agent.journal import Journal
+from agent.journal import Journal, bulk_of, bulk_view, dumps_compact
 from agent.localauth import LocalAuth, clean_id_tag_info, effective_status
-from agent.txqueue import METER, START, STOP, TxQueue
+from agent.txqueue import METER, QUEUE_CAP, START, STOP, TxQueue
 
 try:
     from typing import Any
 except ImportError:
     pass
+
+try:
+    import sys
+
+    _MICROPYTHON = sys.implementation.name == "micropython"
+except (ImportError, AttributeError):
+    _MICROPYTHON = False
 
 try:
     from agent.smartcharging import SmartCharging
@@ -51,12 +58,21 @@ MAX_TXN_DATA = const(16)
 # Cap on frames waiting in outgoing() (the port drains it every tick).
 MAX_OUTGOING = const(64)
 
+# Capacity defaults (AgentConfig), sized for the platform's heap. Under MicroPython (an ESP32 without PSRAM has
+# ~110 kB of heap, ~74 kB of it taken by this code as .mpy) an authorization cache entry costs ~75 bytes (200:
+# ~15 kB), and a SendLocalList is held whole while it is handled (its text, its parsed form and the validated
+# changes: ~360 bytes per entry, 20: ~7 kB). The offline queue (~36 bytes per message: the payloads stay on
+# flash) and the local list (on flash) keep their CPython sizes. A smaller SendLocalListMaxLength costs flash:
+# the Central System sends more, smaller updates, and each rewrites the list file (docs/agent_ram.md).
+DEFAULT_CACHE_CAP = 200 if _MICROPYTHON else 1000
+DEFAULT_SEND_LIST_MAX = 20 if _MICROPYTHON else 200
+DEFAULT_LIST_MAX = 1000
+
 TX_STORAGE = "transactions"
-# Transaction journal size that triggers a compaction mid-session (a stop that leaves no transaction running
-# compacts anyway, to a snapshot of a few bytes). A running transaction's record is ~3 kB with MAX_TXN_DATA samples
-# of one measurand (~6 kB with three), so a long session writes one such snapshot per ~16 kB of ~190-byte sample
-# records (~1.2x the records' bytes; the old policy wrote the whole record per sample), and boot replays at most
-# 16 kB (half the offline queue's bound: the state it rebuilds is smaller).
+# Appended transaction records that trigger a compaction mid-session (a stop that leaves no transaction running
+# compacts anyway, to a header of a few bytes). A running transaction's state is ~3 kB with MAX_TXN_DATA samples
+# of one measurand (~6 kB with three), so a long session rewrites it once per ~16 kB of ~190-byte sample records
+# (~1.2x the records' bytes; the old policy wrote the whole record per sample); boot replays them record by record.
 TX_JOURNAL_MAX_BYTES = const(16384)
 AVAIL_STORAGE = "availability"
 
@@ -143,7 +159,6 @@ def _valid_tx_record(tx: "Any") -> bool:
         and is_int(tx.get("local"))
         and isinstance(tx.get("id_tag"), str)
         and is_int(tx.get("meter_start"))
-        and isinstance(tx.get("data"), list)
     )
 
 
@@ -152,63 +167,107 @@ def _valid_start_answer(payload: "Any") -> bool:
 
 
 class TransactionLog:
-    """The persisted records of the running transactions: {str(connector id): record} in the blob TX_STORAGE.
+    """The persisted records of the running transactions: {str(connector id): record} (`records`), and for each
+    the transactionData samples (`data(cid)`), in the journal `transactions` (agent/journal.py).
 
     The record (see ChargePointCore._start_tx) is what a restart after a power cut needs to send a correct
     StopTransaction: its provisional id, idTag, meterStart and the transactionData samples (at most
-    MAX_TXN_DATA, Transaction.Begin kept). It changes on every StopTxnSampledData/StopTxnAlignedData sample, so
-    it is journaled like the offline queue (agent/journal.py): one small record per change appended to
-    `transactions.jnl`, and the whole state written as the snapshot `transactions` only when a stop leaves no
-    transaction running (the snapshot is then `{"gen": n}`), when the journal would pass TX_JOURNAL_MAX_BYTES (a
-    long session), and at boot after the recovery stopped what it found. Every change goes through `_apply`,
-    live and on replay, so a reload gives exactly the persisted records. journal=False is the pre-journal
-    policy: the whole blob rewritten on every change. The snapshot keeps the pre-journal layout (connector ids
-    as keys, plus "gen"), so a blob written before the journal existed loads as a snapshot.
+    MAX_TXN_DATA, Transaction.Begin kept). The samples stay on flash: RAM holds where each one's record is
+    (offset, length), and `data()` reads them back when the StopTransaction is built. A sample changes the
+    state on every StopTxnSampledData/StopTxnAlignedData sample: one record appended to the current file; a
+    compaction rewrites the state to the other file when a stop leaves no transaction running (a header only),
+    when the appended records would pass TX_JOURNAL_MAX_BYTES (a long session), and at boot after the recovery
+    stopped what it found. Every change goes through `_apply`, live and on replay, so a reload gives exactly the
+    persisted records. journal=False: the whole state rewritten on every change (the policy before the journal).
+    The older layouts (a snapshot {connector id: record with "data"}, plus the journal of the same records with
+    their samples inline) are still read.
 
     Records ("c" = str(connector id)):
-      {"o": "b", "c": c, "x": record}        a transaction started (its whole record, Transaction.Begin included)
-      {"o": "m", "c": c, "v": meterValue}    a transactionData sample (the oldest after Begin dropped past the cap)
-      {"o": "u", "c": c, "k": {field: v}}    fields set on the record (the StartTransaction answer: id, invalid)
-      {"o": "e", "c": c}                     the transaction stopped (its StopTransaction is in the offline queue)
+      {"o": "h"}                                 header
+      {"o": "b", "c": c, "x": record, "d": 1}    a transaction started (its record without samples; with "d", its
+                                                 Transaction.Begin sample is the bulk)
+      {"o": "m", "c": c} + bulk sample           a transactionData sample (the oldest after Begin dropped past the
+                                                 cap; Transaction.Begin is the first); older layout: "v": sample
+      {"o": "u", "c": c, "k": {field: v}}        fields set on the record (the StartTransaction answer: id, invalid)
+      {"o": "e", "c": c}                         the transaction stopped (its StopTransaction is in the offline queue)
     """
 
     def __init__(self, hal: "Any", journal: bool = True):
         self.records = {}  # type: dict[str, Any]
+        # key -> where each sample is: (offset, length) of the record whose bulk it is, or the sample itself (not
+        # on flash yet, or read from the older layout)
+        self.samples = {}  # type: dict[str, list[Any]]
         self.replay_stopped = None  # type: str | None  # journal.TORN/CORRUPT/...: why the last replay stopped
+        self.unreadable = 0  # samples that could not be read back from flash (left out of transactionData)
         self._journal = Journal(hal, TX_STORAGE, TX_JOURNAL_MAX_BYTES, journal)
 
     def load(self) -> None:
-        snap, recs = self._journal.load()
         self.records = {}
-        if snap is not None:
-            for k in snap:
-                if k != "gen":
-                    self.records[k] = snap[k]
-        self._journal.replay(recs, self._apply, snap is not None)
+        self.samples = {}
+        self._journal.load(self._apply, self)
         self.replay_stopped = self._journal.stopped
 
     @property
     def dirty(self) -> bool:
-        """The last load found records or damage in the journal: fold them in (save) before appending."""
+        """The last load found damage or the older layout: fold it in (save) before appending."""
         return self._journal.dirty_at_boot
 
     def save(self) -> None:
-        """Write the whole state (snapshot) and restart the journal."""
-        snap = {}  # type: dict[str, Any]
-        for k in self.records:
-            snap[k] = self.records[k]
-        self._journal.compact(snap)
+        """Compaction: the whole state to the other file, then switch to it: each transaction's record with its
+        first sample, then one record per later sample."""
+        j = self._journal
+        j.begin({})
+        new = {}  # type: dict[str, list[Any]]
+        for key in self.records:
+            rec = {"o": "b", "c": key, "x": self.records[key]}  # type: dict[str, Any]
+            locs = []  # type: list[Any]
+            for loc in self.samples.get(key, []):
+                if isinstance(loc, dict):
+                    bulk = dumps_compact(loc)  # type: Any
+                else:
+                    r = j.read(loc[0], loc[1])
+                    bulk = None if r is None else bulk_view(r)
+                    if bulk is None:
+                        self.unreadable += 1
+                        continue
+                if not locs:
+                    rec["d"] = 1  # the first sample rides with the record
+                locs.append((j.put(rec, bulk), j.last_len))
+                rec = {"o": "m", "c": key}
+            if not locs:
+                j.put(rec)
+            new[key] = locs
+        j.commit()
+        self.samples = new
 
-    def _apply(self, rec: "dict[str, Any]") -> None:
+    def _apply(self, rec: "dict[str, Any]", off: int, length: int) -> None:
         op = rec["o"]
+        if op == "h":
+            return
         key = rec["c"]
         if not isinstance(key, str):
             raise ValueError("bad transaction record")
         if op == "b":
-            self.records[key] = rec["x"]
+            tx = rec["x"]
+            if not isinstance(tx, dict):
+                raise ValueError("bad transaction record")
+            data = tx.pop("data", None)  # the older layouts: the samples inside the record
+            self.records[key] = tx
+            if "v" in rec:  # inline Transaction.Begin sample (about to be compacted)
+                data = [rec["v"]]
+            elif rec.get("d"):  # the Transaction.Begin sample is this record's bulk
+                if off < 0:
+                    raise ValueError("sample without data")
+                data = [(off, length)]
+            self.samples[key] = list(data) if isinstance(data, list) else []
         elif op == "m":
-            data = self.records[key]["data"]
-            data.append(rec["v"])
+            data = self.samples[key]
+            if "v" in rec:  # inline: the older layout, or a sample about to be compacted
+                data.append(rec["v"])
+            elif off >= 0:
+                data.append((off, length))
+            else:
+                raise ValueError("sample without data")
             if len(data) > MAX_TXN_DATA:
                 data.pop(1)  # keep Transaction.Begin
         elif op == "u":
@@ -218,20 +277,51 @@ class TransactionLog:
                 tx[k] = fields[k]
         elif op == "e":
             del self.records[key]
+            self.samples.pop(key, None)
         else:
             raise ValueError("unknown journal record")
 
-    def _change(self, rec: "dict[str, Any]") -> None:
-        self._apply(rec)
-        if not self._journal.append(rec):
-            self.save()  # journal off, not started yet, or full: write the whole state instead
+    def _change(self, rec: "dict[str, Any]", bulk: "Any" = None) -> None:
+        j = self._journal
+        off = j.append(rec, None if bulk is None else dumps_compact(bulk))
+        if off >= 0:
+            self._apply(rec, off, j.last_len)
+            return
+        if bulk is not None:
+            rec["v"] = bulk
+        self._apply(rec, -1, 0)
+        self.save()  # journal off, not started yet, or full: write the whole state instead
 
-    def begin(self, cid: int, tx: "dict[str, Any]") -> None:
-        """Persist the new transaction's record; `tx` itself becomes the live record (changed only through here)."""
-        self._change({"o": "b", "c": str(cid), "x": tx})
+    def begin(self, cid: int, tx: "dict[str, Any]", first_sample: "dict[str, Any] | None") -> None:
+        """Persist the new transaction's record (and its Transaction.Begin sample); `tx` itself becomes the live
+        record (changed only through here)."""
+        rec = {"o": "b", "c": str(cid), "x": tx}  # type: dict[str, Any]
+        if first_sample is not None:
+            rec["d"] = 1
+        self._change(rec, first_sample)
 
     def sample(self, cid: int, meter_value: "dict[str, Any]") -> None:
-        self._change({"o": "m", "c": str(cid), "v": meter_value})
+        self._change({"o": "m", "c": str(cid)}, meter_value)
+
+    def data(self, cid: int) -> "list[Any]":
+        """The transaction's persisted samples, read back from flash (a damaged one is left out)."""
+        out = []
+        for loc in self.samples.get(str(cid), []):
+            if isinstance(loc, dict):
+                out.append(loc)
+                continue
+            rec = self._journal.read(loc[0], loc[1])
+            v = None
+            if rec is not None:
+                try:
+                    v = bulk_of(rec)
+                except ValueError:
+                    v = None
+            if isinstance(v, dict):
+                out.append(v)
+            else:
+                self.unreadable += 1
+        return out
 
     def update(self, cid: int, fields: "dict[str, Any]") -> None:
         self._change({"o": "u", "c": str(cid), "k": fields})
@@ -242,7 +332,8 @@ class TransactionLog:
             return
         if len(self.records) == 1:
             del self.records[key]
-            self.save()  # nothing left running: a snapshot of a few bytes, and the journal restarts empty
+            self.samples.pop(key, None)
+            self.save()  # nothing left running: a header only, and the journal restarts empty
         else:
             self._change({"o": "e", "c": key})
 
@@ -260,8 +351,12 @@ class AgentConfig:
         voltage_v=230,
         phases=3,
         storage_journal=True,
+        queue_cap=None,
+        cache_cap=None,
+        list_max=None,
+        send_list_max=None,
     ):
-        # type: (str, int, str, str, str, str, int, int, int, bool) -> None
+        # type: (str, int, str, str, str, str, int, int, int, bool, int | None, int | None, int | None, int | None) -> None
         self.charge_point_id = charge_point_id
         self.connectors = connectors
         self.vendor = vendor
@@ -275,6 +370,13 @@ class AgentConfig:
         # (agent/journal.py); False = rewrite their whole blob on every change (the pre-journal policy: ports
         # whose storage cannot append, the flash benchmark).
         self.storage_journal = storage_journal
+        # Capacities (None: the platform's default, see DEFAULT_*): RAM is what bounds them on a device.
+        # queue_cap: offline queue (messages); cache_cap: authorization cache (entries); list_max: the local
+        # list (LocalAuthListMaxLength); send_list_max: entries per SendLocalList (SendLocalListMaxLength).
+        self.queue_cap = QUEUE_CAP if queue_cap is None else queue_cap
+        self.cache_cap = DEFAULT_CACHE_CAP if cache_cap is None else cache_cap
+        self.list_max = DEFAULT_LIST_MAX if list_max is None else list_max
+        self.send_list_max = DEFAULT_SEND_LIST_MAX if send_list_max is None else send_list_max
 
 
 class _Connector:
@@ -332,10 +434,19 @@ class ChargePointCore:
         self._floating = None  # type: dict[str, Any] | None
         self._floating_authorizing = None  # type: str | None
         self._floating_profile = None  # type: dict[str, Any] | None
-        self.cfg = configkeys.Configuration(hal, config.connectors)
+        self.cfg = configkeys.Configuration(
+            hal,
+            config.connectors,
+            {
+                "LocalAuthListMaxLength": getattr(config, "list_max", DEFAULT_LIST_MAX),
+                "SendLocalListMaxLength": getattr(config, "send_list_max", DEFAULT_SEND_LIST_MAX),
+            },
+        )
         journal = getattr(config, "storage_journal", True)
-        self.queue = TxQueue(hal, journal=journal)
-        self.auth = LocalAuth(hal, journal=journal)
+        self.queue = TxQueue(hal, journal, getattr(config, "queue_cap", QUEUE_CAP))
+        self.queue.log = self._log
+        self.auth = LocalAuth(hal, getattr(config, "cache_cap", DEFAULT_CACHE_CAP), journal)
+        self.auth.entries.log = self._log
         self.transactions = TransactionLog(hal, journal=journal)
         self.smart = SmartCharging(hal, config) if SmartCharging is not None else None
         self.connectors = [_Connector(i + 1) for i in range(config.connectors)]
@@ -453,13 +564,11 @@ class ChargePointCore:
                 self._log("unusable transaction record on connector " + str(c.cid) + " dropped")
         if log.records or log.dirty:
             log.records = {}  # unusable records, connectors this charger no longer has
+            log.samples = {}
             log.save()
 
     def _stop_queued(self, local: int) -> bool:
-        for e in self.queue.entries:
-            if e["action"] == STOP and e["tx"] == local:
-                return True
-        return False
+        return self.queue.has_stop(local)
 
     # ==================================================================================================
     # outbound CALLs
@@ -534,11 +643,12 @@ class ChargePointCore:
                 self._start_call("BootNotification", self._boot_payload(), "direct", None, now)
             return
         head = self.queue.head()
+        payload = None
         while head is not None:
             payload = self.queue.payload_for_send(head)
             if payload is not None:
                 break
-            # its StartTransaction was given up: the gateway cannot place this message
+            # its StartTransaction was given up: the gateway cannot place this message (or it is unreadable)
             self.queue.pop_head()
             self.queue.discarded += 1
             head = self.queue.head()
@@ -547,7 +657,8 @@ class ChargePointCore:
         if use_queue and direct is not None and head is not None and direct["seq"] < head["seq"]:
             use_queue = False
         if use_queue and head is not None:
-            self._start_call(head["action"], self.queue.payload_for_send(head) or {}, "queue", head, now)
+            self._start_call(head["action"], payload or {}, "queue", head, now)
+            self.queue.sent(head)  # the frame is built: the parsed payload is read back only for a resend
         elif direct is not None:
             self._direct.pop(0)
             self._start_call(direct["action"], direct["payload"], "direct", direct.get("ctx"), now)
@@ -673,7 +784,7 @@ class ChargePointCore:
             raise ValueError("transactionId must be an integer")
         self.queue.resolve(local, real)
         info = clean_id_tag_info(payload.get("idTagInfo"))
-        id_tag = entry["payload"]["idTag"]
+        id_tag = entry["id_tag"]
         if info is not None:
             self.auth.remember(id_tag, info, self.cfg.get("AuthorizationCacheEnabled"))
         for c in self.connectors:
@@ -689,7 +800,7 @@ class ChargePointCore:
             self.queue.forget(local)
 
     def _conf_StopTransaction(self, payload: "dict[str, Any]", entry: "dict[str, Any]") -> None:
-        id_tag = entry["payload"].get("idTag")
+        id_tag = entry.get("id_tag")
         info = clean_id_tag_info(payload.get("idTagInfo"))
         if id_tag is not None and info is not None:
             self.auth.remember(id_tag, info, self.cfg.get("AuthorizationCacheEnabled"))
@@ -1076,15 +1187,13 @@ class ChargePointCore:
             "meter_start": meter,
             "start": ts,
             "start_wall": int(wall),
-            "data": [],
         }  # type: dict[str, Any]
+        begin = None
         if self.cfg.get("StopTxnSampledData"):
-            tx["data"].append(
-                self._meter_value(c, self.cfg.get("StopTxnSampledData"), "Transaction.Begin", ts)
-            )
+            begin = self._meter_value(c, self.cfg.get("StopTxnSampledData"), "Transaction.Begin", ts)
         c.tx = tx
         c.last_sample_ms = now
-        self.transactions.begin(c.cid, tx)
+        self.transactions.begin(c.cid, tx, begin)
         self.hal.lock_connector(c.cid, True)
         if c.remote_profile is not None and self.smart is not None:
             self.smart.bind_remote_profile(c.cid, c.remote_profile, local, wall)
@@ -1111,7 +1220,7 @@ class ChargePointCore:
             payload["idTag"] = id_tag
         measurands = self.cfg.get("StopTxnSampledData")
         if measurands:
-            data = tx["data"]
+            data = self.transactions.data(c.cid)  # the persisted samples, read back from flash
             data.append(self._meter_value(c, measurands, "Transaction.End", ts))
             payload["transactionData"] = data
         c.tx = None
@@ -1159,7 +1268,7 @@ class ChargePointCore:
             elif self._online:
                 self._send_direct("MeterValues", {"connectorId": c.cid, "meterValue": [mv]})
         if tx is not None and txn_measurands:
-            # appended to tx["data"] (the oldest after Transaction.Begin dropped past MAX_TXN_DATA) and persisted
+            # persisted with the transaction's samples (the oldest after Transaction.Begin dropped past MAX_TXN_DATA)
             self.transactions.sample(c.cid, self._meter_value(c, txn_measurands, context, ts))
 
     def _send_triggered_meter_values(self, c: _Connector) -> None:

@@ -8,6 +8,11 @@ Pilot states follow IEC 61851-1: 'A' no vehicle, 'B' vehicle connected not reque
 'D' requesting with ventilation, 'E' no pilot / short, 'F' EVSE fault.
 """
 
+try:
+    from typing import Any
+except ImportError:
+    pass
+
 
 class Hal:
     """Base class of every port. Subclasses override all methods; the defaults describe the contract."""
@@ -64,10 +69,29 @@ class Hal:
         """One tap, already normalized to an idTag string, or None. Each tap is returned once (debounced)."""
         raise NotImplementedError
 
-    # -- storage: small named blobs that survive a restart ----------------------------------------------------
+    # -- storage: named blobs that survive a restart ---------------------------------------------------------
+    # `data` handed to storage_write/storage_append is bytes-like (bytes, bytearray or memoryview) and may be a
+    # buffer the core reuses: write it (or copy it) before returning.
     def storage_read(self, name: str) -> "bytes | None":
-        """bytes, or None when absent."""
+        """bytes, or None when absent. The core reads only small blobs whole (configuration, the stores'
+        pointers, charging profiles); everything that grows is read in pieces through storage_read_into."""
         raise NotImplementedError
+
+    def storage_read_into(self, name: str, offset: int, buf: "Any") -> int:
+        """Positional read: fill `buf` (a bytearray or memoryview) with the blob's bytes from `offset`; return how
+        many were read (fewer than len(buf) at the blob's end, 0 past it or when the blob is absent).
+
+        The journals, the offline queue's messages and the local authorization list are read this way, record by
+        record, so the core never holds a whole store in RAM. A port should implement it as open, seek,
+        readinto, close. This default reads the blob whole through storage_read and copies the piece: correct,
+        but it costs a whole-blob buffer per call, so ports written before storage_read_into existed keep
+        working without the RAM saving."""
+        data = self.storage_read(name)
+        if not data or offset >= len(data):
+            return 0
+        n = min(len(buf), len(data) - offset)
+        buf[0:n] = data[offset : offset + n]
+        return n
 
     def storage_write(self, name: str, data: bytes) -> None:
         """Replace the blob atomically (write temp + rename, or equivalent on flash)."""
@@ -78,7 +102,8 @@ class Hal:
 
         Contract: the bytes already in the blob are never changed; once it returns, `data` is as durable as a
         storage_write would be; a power cut during the call may leave any prefix of `data` appended (a torn
-        tail, which the journal detects and ignores) but nothing else. It need not be atomic. A port should
+        tail, which the journal detects and ignores) but nothing else. It need not be atomic. Compactions also
+        write a new file as a storage_write of its first piece followed by appends. A port should
         implement it as a real append (open for append, write, close). This default reads the blob and rewrites
         it whole through storage_write: correct, but it costs a full rewrite, so ports written before
         storage_append existed keep working without the flash saving."""

@@ -7,8 +7,9 @@ on every change), same run.
 Both policies run the same deterministic script through the real agent core (agent.core.ChargePointCore) on the
 simulator's hardware (firmware_sim.hal.SimHal: EV physics, meter) with a manual clock, and storage that counts every
 call and byte per blob on top of the real DirStorage files in a temp directory. The policy is the core's
-`AgentConfig(storage_journal=...)` switch: False rewrites the `txqueue`/`authcache`/`transactions` snapshot on
-every change, exactly the pre-journal code path (plus a 10-byte "gen" key per snapshot).
+`AgentConfig(storage_journal=...)` switch: False rewrites the whole state of the `txqueue`/`authcache`/
+`transactions` stores on every change (a compaction into the other log file plus the pointer write, agent/journal.py:
+the full-rewrite policy in today's file layout, no longer byte for byte the pre-journal code path).
 
 Script: --sessions sessions of --meter-values periodic MeterValues each (MeterValueSampleInterval --interval s,
 ticked every simulated second): tap a card (one of --tags), plug an EV, charge, unplug (EVDisconnected stop).
@@ -40,7 +41,6 @@ from benchreport import emit
 
 from agent.compat import iso_utc
 from agent.core import TX_STORAGE, AgentConfig, ChargePointCore
-from agent.journal import SUFFIX
 from agent.txqueue import QUEUE_CAP
 from firmware_sim.clock import ManualTime, SimClock
 from firmware_sim.ev import Ev, EvSpec
@@ -50,8 +50,15 @@ from firmware_sim.storage import DirStorage
 WALL0 = 1_795_000_000.0
 # A battery far from full for the whole session, so every session charges (and samples) until it is unplugged.
 SPEC = EvSpec("bench-11kW", capacity_kwh=200.0, max_ac_power_w=11000.0, phases=3)
-QUEUE_AND_CACHE = ("txqueue", "txqueue" + SUFFIX, "authcache", "authcache" + SUFFIX)
-TRANSACTIONS = (TX_STORAGE, TX_STORAGE + SUFFIX)
+
+
+def _store_files(name: str) -> tuple[str, ...]:
+    """A journaled store's blobs (agent/journal.py): its pointer and its two log files."""
+    return (name, name + ".0", name + ".1")
+
+
+QUEUE_AND_CACHE = _store_files("txqueue") + _store_files("authcache")
+TRANSACTIONS = _store_files(TX_STORAGE)
 
 
 class CountingStorage(DirStorage):

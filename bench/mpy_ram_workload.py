@@ -20,9 +20,11 @@ and every `tick`. The driver takes the reading while the workload is suspended a
 Phases (each ends with a sample: its steady state):
   boot            core constructed on empty flash, connected, BootNotification Accepted, 3 StatusNotifications,
                   ChangeConfiguration AllowOfflineTxForUnknownId=true (so every configuration can charge offline)
-  local_list      SendLocalList: Full with the first <= SendLocalListMaxLength (200) entries, then Differentials of
-                  200 up to `list` entries (LocalAuthListMaxLength is 1000)
-  auth_cache      `cache` taps of distinct cards, Authorize answered Accepted: the cache holds min(cache, 1000)
+  local_list      SendLocalList: Full with the first <= SendLocalListMaxLength entries (the core's read-only key:
+                  AgentConfig.send_list_max, 200 on CPython, 20 under MicroPython), then Differentials of that
+                  many up to `list` entries (LocalAuthListMaxLength is 1000)
+  auth_cache      `cache` taps of distinct cards, Authorize answered Accepted: the cache holds min(cache,
+                  AgentConfig.cache_cap: 1000 on CPython, 200 under MicroPython)
   sessions_online `sessions` sessions, two at a time (one per connector), `meter_values` MeterValues each;
                   the cards come from the local list, else from the cache, else are new (and then cached)
   offline_fill    link down; both connectors charge offline until the offline queue is at its cap (100), then
@@ -49,8 +51,6 @@ except ImportError:
 
 # What a list/cache entry carries: an expiry date on every entry, a parentIdTag (fleet) on every 4th list entry.
 EXPIRY = "2028-01-01T00:00:00Z"
-# SendLocalList chunk: the agent's SendLocalListMaxLength (read-only configuration key).
-LIST_CHUNK = 200
 # Simulated time per tick: MeterValueSampleInterval is 60 s, so 6 ticks per sample.
 TICK_MS = 10000
 TICKS_PER_MINUTE = 6
@@ -140,8 +140,10 @@ class Slope:
 
 
 class FlashHal(FakeHal):  # type: ignore[misc,unused-ignore]
-    """agentfakes.FakeHal with its blobs in files under `root` (the charger's flash). Records the largest blob
-    read or written: a buffer of that size has to be allocated in one piece."""
+    """agentfakes.FakeHal with its blobs in files under `root` (the charger's flash), read whole, read at an
+    offset (storage_read_into: open, seek, readinto), written or appended. Records the largest read (a blob read
+    whole, or the buffer of a positional read) and the largest write: a buffer of that size has to be allocated
+    in one piece."""
 
     def __init__(self, connectors: int, root: str):
         FakeHal.__init__(self, connectors)
@@ -164,6 +166,21 @@ class FlashHal(FakeHal):  # type: ignore[misc,unused-ignore]
             self.largest_read = len(data)
             self.largest_read_name = name
         return data
+
+    def storage_read_into(self, name: str, offset: int, buf: "Any") -> int:
+        try:
+            f = open(self._path(name), "rb")
+        except OSError:
+            return 0
+        try:
+            f.seek(offset)
+            n = f.readinto(buf) or 0
+        finally:
+            f.close()
+        if len(buf) > self.largest_read:
+            self.largest_read = len(buf)
+            self.largest_read_name = name
+        return n
 
     def storage_write(self, name: str, data: bytes) -> None:
         if len(data) > self.largest_write:
@@ -365,7 +382,7 @@ class Workload:
         sent = 0
         version = 1
         while sent < self.n_list:
-            count = min(LIST_CHUNK, self.n_list - sent)
+            count = min(self.core.cfg.get("SendLocalListMaxLength"), self.n_list - sent)
             holder = [list_payload(version, "Full" if sent == 0 else "Differential", sent, count)]
             yield from central.call_text("SendLocalList", holder)
             if central.last_answer is None or central.last_answer.get("status") != "Accepted":

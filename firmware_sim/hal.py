@@ -242,6 +242,9 @@ class SimHal(Hal):
     def storage_read(self, name: str) -> bytes | None:
         return self.storage.read(name)
 
+    def storage_read_into(self, name: str, offset: int, buf: bytearray | memoryview) -> int:
+        return self.storage.read_into(name, offset, buf)
+
     def storage_write(self, name: str, data: bytes) -> None:
         self.storage.write(name, data)
 

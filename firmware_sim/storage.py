@@ -1,5 +1,5 @@
-"""The simulated charger's flash: small named blobs in a directory, each replaced atomically or appended to
-(the agent's journals), files 0600."""
+"""The simulated charger's flash: named blobs in a directory, each replaced atomically, appended to (the agent's
+journals) or read at an offset (the agent reads its journals and local list record by record), files 0600."""
 
 from __future__ import annotations
 
@@ -34,6 +34,28 @@ class DirStorage:
             return self._path(name).read_bytes()
         except FileNotFoundError:
             return None
+
+    def read_into(self, name: str, offset: int, buf: bytearray | memoryview) -> int:
+        """Positional read into `buf` (the agent reads its journals and lists record by record): the number of
+        bytes read, 0 past the end or when the blob is absent."""
+        if offset < 0:
+            raise ValueError(f"negative offset reading {name!r}")
+        try:
+            fd = os.open(self._path(name), os.O_RDONLY)
+        except FileNotFoundError:
+            return 0
+        try:
+            view = memoryview(buf).cast("B")
+            got = 0
+            while got < len(view):
+                data = os.pread(fd, len(view) - got, offset + got)
+                if not data:
+                    break
+                view[got : got + len(data)] = data
+                got += len(data)
+            return got
+        finally:
+            os.close(fd)
 
     def write(self, name: str, data: bytes) -> None:
         data = _as_bytes(name, data)

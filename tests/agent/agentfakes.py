@@ -81,14 +81,59 @@ class FakeHal(Hal):
     def storage_read(self, name):
         return self.storage.get(name)
 
+    def storage_read_into(self, name, offset, buf):
+        data = self.storage.get(name)
+        if not data or offset >= len(data):
+            return 0
+        n = min(len(buf), len(data) - offset)
+        buf[0:n] = data[offset : offset + n]
+        return n
+
     def storage_write(self, name, data):
-        if not isinstance(data, (bytes, bytearray)):
+        if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError("storage_write wants bytes")
         self.writes += 1
         self.storage[name] = bytes(data)
 
     def reboot(self, hard):
         self.reboots.append(hard)
+
+
+def decode_log(raw):
+    """Test helper: the records of a journal file (agent/journal.py) or of the older layout's journal, read
+    whole: ([(meta, bulk bytes or None), ...], None | "torn" | "corrupt"), with journal.scan's rules."""
+    from agent import journal
+
+    out = []
+    pos = 0
+    n = len(raw)
+    while pos < n:
+        if pos + journal.HEADER_LEN > n:
+            return out, journal.TORN
+        length = int.from_bytes(raw[pos + 1 : pos + 5], "big")
+        if raw[pos] != journal.MAGIC or length > journal.MAX_RECORD_BYTES:
+            return out, journal.CORRUPT
+        stop = pos + journal.HEADER_LEN + length
+        if stop > n:
+            return out, journal.TORN
+        payload = raw[pos + journal.HEADER_LEN : stop]
+        why = journal.TORN if stop == n else journal.CORRUPT
+        crc = journal.crc32(payload, journal.crc32(raw[pos + 1 : pos + 5]))
+        if int.from_bytes(raw[pos + 5 : pos + 9], "big") != crc:
+            return out, why
+        nl = payload.find(b"\n")
+        try:
+            meta = json.loads(payload if nl < 0 else payload[:nl])
+        except ValueError:
+            return out, why
+        out.append((meta, None if nl < 0 else payload[nl + 1 :]))
+        pos = stop
+    return out, None
+
+
+def current_file(hal, name):
+    """Test helper: the current log file of store `name` (agent/journal.py), from its pointer."""
+    return name + "." + str(json.loads(hal.storage[name])["f"])
 
 
 class Central:

@@ -4,9 +4,9 @@ MicroPython runner (tests/mpy/runner.py). Common subset only: plain asserts, no 
 
 import json
 
-from agentfakes import FakeHal, boot, reboot, step
+from agentfakes import FakeHal, boot, decode_log, reboot, step
 
-from agent import connector, journal, ocppj
+from agent import connector, ocppj
 from agent.compat import iso_utc, mask_token, parse_iso
 from agent.txqueue import QUEUE_CAP
 
@@ -699,14 +699,17 @@ def test_storage_is_bytes_and_small():
     hal = FakeHal(1)
     c = boot(hal=hal)
     _plug_and_charge(c)
+    logs = 0
     for name in hal.storage:
         assert isinstance(hal.storage[name], bytes)
-        if name.endswith(journal.SUFFIX):  # a journal: whole, self-checking records, not one JSON document
-            records, stopped = journal.decode_records(hal.storage[name])
-            assert stopped is None and records, name
+        if name[-2:] in (".0", ".1"):  # a journal's file: whole, self-checking records, not one JSON document
+            records, stopped = decode_log(hal.storage[name])
+            assert stopped is None and records and records[0][0]["o"] == "h", name
+            logs += 1
         else:
             json.loads(hal.storage[name])
         assert len(hal.storage[name]) < 16384
+    assert logs >= 2  # the offline queue's and the running transaction's (at least)
 
 
 def test_malformed_answers_count_as_failures():

@@ -1,6 +1,8 @@
 """Phase-2 agent cases: local authorization list + cache (OCPP 1.6 §3.5) and Smart Charging (§3.13).
 Shared by CPython pytest and the MicroPython runner (common subset only)."""
 
+import sys
+
 from agentfakes import FakeHal, boot, reboot, step
 
 from agent.compat import iso_utc
@@ -58,6 +60,35 @@ def _charge(c, cid=1, tag="TAG-OK-1"):
 # ---------------------------------------------------------------------------------------------------------
 # local authorization list
 # ---------------------------------------------------------------------------------------------------------
+def test_capacities_come_from_the_agent_config():
+    c = boot(cfg_kw={"queue_cap": 20, "cache_cap": 2, "list_max": 5, "send_list_max": 3})
+    assert c.core.queue.cap == 20 and c.core.auth.cache_cap == 2
+    got = c.result("GetConfiguration", {"key": ["LocalAuthListMaxLength", "SendLocalListMaxLength"]})
+    assert sorted([(k["key"], k["value"], k["readonly"]) for k in got["configurationKey"]]) == [
+        ("LocalAuthListMaxLength", "5", True),
+        ("SendLocalListMaxLength", "3", True),
+    ]
+    assert _send_list(c, 1, "Full", [_entry("A"), _entry("B"), _entry("C"), _entry("D")]) == "Failed"
+    assert _send_list(c, 1, "Full", [_entry("A"), _entry("B"), _entry("C")]) == "Accepted"
+    assert _send_list(c, 2, "Differential", [_entry("D"), _entry("E"), _entry("F")]) == "Failed"  # 6 > 5
+    assert _send_list(c, 2, "Differential", [_entry("D"), _entry("E")]) == "Accepted"
+    assert len(c.core.auth.entries) == 5
+    for tag in ("TAG-OK-1", "TAG-OK-2", "UNKNOWN-3"):
+        c.hal.cards.append(tag)
+        step(c)
+        step(c, 1000, 61)  # the authorized id's ConnectionTimeOut passes
+    assert sorted(c.core.auth.cache.keys()) == ["TAG-OK-2", "UNKNOWN-3"]  # 2 cached, the oldest went
+    # the platform's defaults: small under MicroPython (its heap), larger on CPython
+    from agent.core import DEFAULT_CACHE_CAP, DEFAULT_SEND_LIST_MAX
+
+    small = sys.implementation.name == "micropython"
+    assert (DEFAULT_CACHE_CAP, DEFAULT_SEND_LIST_MAX) == ((200, 20) if small else (1000, 200))
+    d = boot()
+    assert d.core.auth.cache_cap == DEFAULT_CACHE_CAP and d.core.queue.cap == 100
+    assert d.core.cfg.get("SendLocalListMaxLength") == DEFAULT_SEND_LIST_MAX
+    assert d.core.cfg.get("LocalAuthListMaxLength") == 1000
+
+
 def test_send_local_list_full_and_differential_with_versions():
     c = boot()
     assert c.result("GetLocalListVersion", {})["listVersion"] == 0
@@ -74,7 +105,7 @@ def test_send_local_list_full_and_differential_with_versions():
     assert c.result("GetLocalListVersion", {})["listVersion"] == 2
     assert sorted(c.core.auth.entries.keys()) == ["LIST-A", "LIST-C"]
     assert _send_list(c, 5, "Full", []) == "Accepted"
-    assert c.core.auth.entries == {}
+    assert len(c.core.auth.entries) == 0 and c.core.auth.entries.keys() == []
     c.result("ChangeConfiguration", {"key": "LocalAuthListEnabled", "value": "false"})
     assert c.result("GetLocalListVersion", {})["listVersion"] == -1
     assert _send_list(c, 6, "Full", [_entry("LIST-A")]) == "NotSupported"
