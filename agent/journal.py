@@ -163,16 +163,13 @@ def _intact(buf: "Any", i: int, length: int) -> bool:
 
 
 def read_into(hal: "Any", name: str, offset: int, buf: "Any") -> int:
-    """hal.storage_read_into, or Hal's fallback inline for a HAL not derived from hal.Hal."""
+    """hal.storage_read_into, or hal.Hal's whole-blob fallback for a HAL not derived from hal.Hal."""
     fn = getattr(hal, "storage_read_into", None)
     if fn is not None:
         return int(fn(name, offset, buf))
-    data = hal.storage_read(name)
-    if not data or offset >= len(data):
-        return 0
-    n = min(len(buf), len(data) - offset)
-    buf[0:n] = data[offset : offset + n]
-    return n
+    from agent.hal import Hal
+
+    return Hal.storage_read_into(hal, name, offset, buf)
 
 
 def bulk_view(rec: "Any") -> "Any":

@@ -753,3 +753,23 @@ def test_older_layout_local_list_is_migrated():
     assert a.lookup("A", True, False) == {"status": "Blocked", "expiryDate": "2030-01-01T00:00:00Z"}
     assert json.loads(hal.storage[LIST_STORAGE])["v"] == 7  # the pointer replaced the old blob
     assert LocalAuth(hal.copy()).entries.keys() == ["A", "B"]
+
+
+class _ReadOnlyHal:
+    """A HAL written before storage_read_into existed (not derived from agent.hal.Hal): whole-blob reads only."""
+
+    def __init__(self, blobs):
+        self.blobs = blobs
+
+    def storage_read(self, name):
+        return self.blobs.get(name)
+
+
+def test_positional_read_falls_back_to_whole_blob_reads():
+    read_into = journal.read_into
+    hal = _ReadOnlyHal({"b": b"0123456789"})
+    buf = bytearray(4)
+    assert read_into(hal, "b", 3, buf) == 4 and bytes(buf) == b"3456"
+    assert read_into(hal, "b", 8, buf) == 2 and bytes(buf[:2]) == b"89"
+    assert read_into(hal, "b", 10, buf) == 0
+    assert read_into(hal, "missing", 0, buf) == 0
