@@ -31,8 +31,8 @@ limit). No rotation and no yielding in a round where a decrease is pending like 
 
 A new session's draw reaches the grid reading before its own meter's: for a few seconds after its start, its limit
 in force less its reading is taken as its draw, out of a rise of the building-load estimate above its level from
-before the start and never more (START_LEAD_S). A queued session resumes after RESUME_DELAY_S if it was paused only
-once lately, else after `min_change_interval` (contactor cycling).
+before the start and never more (START_LEAD_S). A queued session resumes after a wait that grows with the pauses it
+had lately (RESUME_WAITS_S: 3 s after one, up to 5 minutes after four; contactor cycling).
 
 Safety rules:
 - the grid meter stale (or absent), or a charger meter stale/not read yet -> static split of
@@ -91,12 +91,15 @@ START_LEAD_S = 2.0
 START_CREDIT_MAX_S = 5.0
 
 # Resuming a queued (0 A) session: an EV paused by its pilot has a few seconds to stop drawing and open its
-# contactor; a resume sooner than RESUME_DELAY_S after the pause could catch it half-way. A session paused only once
-# in PAUSE_MEMORY_S resumes after RESUME_DELAY_S (a short queueing must not cost a driver min_change_interval); a
-# second pause within that time means it is on the edge: it waits the full min_change_interval, so its contactor is
-# not cycled every few seconds as the building load wobbles.
+# contactor; a resume sooner than RESUME_DELAY_S after the pause could catch it half-way. Each pause and resume
+# cycles the charger's and the EV's contactors, and some EVs stop charging for good after a few pauses in a row, so
+# the wait before a resume grows with the pauses the session had within PAUSE_MEMORY_S: one pause (a short
+# queueing) costs the driver 3 s, a session on the edge of the site's room waits 30 s, 2 min, then 5 min (the
+# guard time site energy managers such as evcc use between two switchings). Never less than min_change_interval
+# after the second pause. Pauses themselves always go out at once (the limit comes first).
 RESUME_DELAY_S = 3.0
-PAUSE_MEMORY_S = 300.0
+RESUME_WAITS_S = (RESUME_DELAY_S, 30.0, 120.0, 300.0)  # after 1, 2, 3, >= 4 pauses within PAUSE_MEMORY_S
+PAUSE_MEMORY_S = 900.0
 
 
 @dataclass(frozen=True)
@@ -825,12 +828,19 @@ class Allocator:
                 from_zero = sent.limit == 0  # resuming a queued session is always worth a message
                 big_enough = target - sent.limit >= p.hysteresis - _EPS or from_zero
                 wait = p.min_change_interval
-                if from_zero and sum(now - t <= PAUSE_MEMORY_S for t in self._pauses.get(s.key, ())) <= 1:
-                    # queued only once lately: resume promptly (see RESUME_DELAY_S)
-                    wait = min(wait, RESUME_DELAY_S)
+                if from_zero:
+                    wait = self._resume_wait(s.key, now)
                 if big_enough and now - sent.at >= wait:
                     increases.append(Decision(s.key, s.transaction_id, target, sent.limit, force))
         return decreases + increases
+
+    def _resume_wait(self, key: SessionKey, now: float) -> float:
+        """How long a queued session waits after its pause before it may resume (RESUME_WAITS_S)."""
+        pauses = sum(now - t <= PAUSE_MEMORY_S for t in self._pauses.get(key, ()))
+        if pauses <= 1:
+            return RESUME_DELAY_S  # queued once lately: resume promptly
+        step = RESUME_WAITS_S[min(pauses, len(RESUME_WAITS_S)) - 1]
+        return max(step, self.params.min_change_interval)
 
     def _overdraws(self, sessions: list[SessionInput], now: float) -> list[Overdraw]:
         p = self.params

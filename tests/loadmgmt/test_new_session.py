@@ -4,7 +4,9 @@ session queued at 0 A only for a moment resumes promptly (but one paused repeate
 from __future__ import annotations
 
 from gateway.loadmgmt.allocator import (
+    PAUSE_MEMORY_S,
     RESUME_DELAY_S,
+    RESUME_WAITS_S,
     START_CREDIT_MAX_S,
     Allocator,
     AllocatorParams,
@@ -143,11 +145,16 @@ def test_a_session_queued_for_a_moment_resumes_after_the_resume_delay() -> None:
     assert limits[1] == 0.0
     limits = two_sessions_on_a_tight_site(a, 1.0 + RESUME_DELAY_S, 12.0)
     assert limits[1] > 0.0
-    # paused a second time soon after: now it waits the full min_change_interval (no contactor cycling)
+    # paused again soon after: each further pause within PAUSE_MEMORY_S makes it wait longer (no contactor cycling)
     t = 1.0 + RESUME_DELAY_S + 0.5
+    for waits in (*RESUME_WAITS_S[1:], RESUME_WAITS_S[-1]):
+        assert two_sessions_on_a_tight_site(a, t, 20.0)[1] == 0.0
+        pause = t
+        assert two_sessions_on_a_tight_site(a, pause + RESUME_DELAY_S, 12.0)[1] == 0.0
+        assert two_sessions_on_a_tight_site(a, pause + waits - 0.1, 12.0)[1] == 0.0
+        assert two_sessions_on_a_tight_site(a, pause + waits, 12.0)[1] > 0.0
+        t = pause + waits + 0.5
+    # pauses older than PAUSE_MEMORY_S are forgotten: a short queueing costs RESUME_DELAY_S again
+    t += PAUSE_MEMORY_S + 1.0
     assert two_sessions_on_a_tight_site(a, t, 20.0)[1] == 0.0
-    pause = t
-    t = pause + RESUME_DELAY_S
-    assert two_sessions_on_a_tight_site(a, t, 12.0)[1] == 0.0
-    assert two_sessions_on_a_tight_site(a, pause + 9.9, 12.0)[1] == 0.0
-    assert two_sessions_on_a_tight_site(a, pause + 10.0, 12.0)[1] > 0.0
+    assert two_sessions_on_a_tight_site(a, t + RESUME_DELAY_S, 12.0)[1] > 0.0
