@@ -9,6 +9,9 @@ Tables (component 'auth'):
   chunks, each a short job on the store's bulk lane (one set-based statement over a JSON text: `insert_list_json`;
   chargers' writes go first), then made live in one tiny ordinary transaction; the old generation is deleted
   afterwards, also in chunks.
+- auth_list_delta: a differential, staged under the version it brings (not live), made live by one small ordinary
+  write (auth_meta `delta_live` = its version: lookups read it before auth_list), then merged into auth_list in
+  slices on the bulk lane (`stage_differential`, `activate_differential`, `merge_differential_chunk`).
 - auth_manual: tokens added by the operator (CLI) or the config's allow-list (origin 'config').
 - auth_cache: results of online authorizations (never a token of the local list).
 - auth_changes: (revision, id) of every differential / manual change, for differential charger-list updates.
@@ -137,6 +140,22 @@ MIGRATIONS = [
     -- recently seen tokens rank first in a charger's truncated local list; also serves the retention prune
     CREATE INDEX auth_decisions_by_time ON auth_decisions (decided_at);
     """,
+    """
+    -- a differential: staged here (version = the list version it brings), made live by one small write
+    -- (auth_meta 'delta_live' = its version), then merged into auth_list in slices (see apply_differential)
+    CREATE TABLE auth_list_delta (
+        version INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        status TEXT CHECK (status IS NULL OR status IN ('Accepted', 'Blocked', 'Expired', 'Invalid')),
+        expiry REAL,
+        parent_id TEXT,
+        chargers TEXT,
+        removed INTEGER NOT NULL DEFAULT 0,
+        upserted INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (version, id)
+    ) WITHOUT ROWID;
+    INSERT INTO auth_meta (key, value) VALUES ('delta_live', 0);
+    """,
 ]
 register_migrations("auth", MIGRATIONS)
 
@@ -182,9 +201,15 @@ def bump_revision(
 
 
 # -- lookups ------------------------------------------------------------------------------------------------------
+# The eMSP list entry is the live differential's (auth_list_delta, version = auth_meta 'delta_live') when it has one
+# for the id (a removal: none), else auth_list's at the live generation.
+_DELTA_LIVE = "(SELECT value FROM auth_meta WHERE key = 'delta_live')"
 _LOOKUP_LOCAL = (
-    "SELECT id, status, expiry, parent_id, chargers, list_version, 'local_list', NULL FROM auth_list "
+    "SELECT id, status, expiry, parent_id, chargers, version, 'local_list', NULL FROM auth_list_delta "
+    f"WHERE version = {_DELTA_LIVE} AND id = :id AND removed = 0 "
+    "UNION ALL SELECT id, status, expiry, parent_id, chargers, list_version, 'local_list', NULL FROM auth_list "
     "WHERE gen = (SELECT value FROM auth_meta WHERE key = 'active_gen') AND id = :id "
+    f"AND NOT EXISTS (SELECT 1 FROM auth_list_delta WHERE version = {_DELTA_LIVE} AND id = :id) "
     "UNION ALL SELECT id, status, expiry, parent_id, chargers, NULL, 'manual', NULL FROM auth_manual WHERE id = :id "
     "UNION ALL SELECT id, 'Accepted', until, NULL, NULL, NULL, 'override', reason FROM auth_overrides WHERE id = :id"
 )
@@ -481,6 +506,9 @@ def stale_generations(conn: sqlite3.Connection) -> list[int]:
 
 def activate_generation(conn: sqlite3.Connection, gen: int, version: int) -> int:
     set_meta(conn, "active_gen", gen)
+    # a differential not merged yet belonged to the old generation (the service merges it before a full list): its
+    # rows are no longer live, and stale_differentials finds them for deletion
+    set_meta(conn, "delta_live", 0)
     set_meta(conn, "list_version", version)
     # local-list tokens never stay in the authorization cache
     conn.execute(
@@ -526,21 +554,127 @@ def differential_json(specs: Iterable[TokenSpec]) -> Differential:
     return rows.texts()
 
 
-def apply_differential(conn: sqlite3.Connection, version: int, specs: list[TokenSpec] | Differential) -> int:
-    """A differential in the caller's transaction (atomic). Set-based statements over JSON texts: the writer thread
-    does not hold the GIL while SQLite works."""
-    d = specs if isinstance(specs, Differential) else differential_json(specs)
-    gen = meta(conn, "active_gen")
-    insert_list_json(conn, gen, version, d.upserts)
+_STAGE_UPSERTS = (
+    "INSERT INTO auth_list_delta (version, id, status, expiry, parent_id, chargers, upserted) "
+    "SELECT :version, json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'), json_extract(j.value, '$[2]'), "
+    "json_extract(j.value, '$[3]'), json_extract(j.value, '$[4]'), 1 FROM json_each(:rows) AS j WHERE true "
+    "ON CONFLICT (version, id) DO UPDATE SET status = excluded.status, expiry = excluded.expiry, "
+    "parent_id = excluded.parent_id, chargers = excluded.chargers, upserted = 1"
+)
+_STAGE_REMOVALS = (
+    "INSERT INTO auth_list_delta (version, id, removed) SELECT :version, j.value, 1 FROM json_each(:ids) AS j "
+    "WHERE true ON CONFLICT (version, id) DO UPDATE SET removed = 1"
+)
+
+
+def stage_differential(conn: sqlite3.Connection, version: int, diff: Differential) -> None:
+    """Stage a slice of a differential into auth_list_delta under its version: not live (decisions, charger lists
+    and listings read only the version auth_meta 'delta_live' names). Two set-based statements over JSON texts.
+    Same outcome as the one-transaction apply for any order of slices: a later upsert of an id wins over an earlier
+    one, a removal wins over any upsert of the same id (`removed`), and an id upserted anywhere leaves the
+    authorization cache (`upserted`)."""
+    conn.execute(_STAGE_UPSERTS, {"version": version, "rows": diff.upserts})
+    conn.execute(_STAGE_REMOVALS, {"version": version, "ids": diff.removals})
+
+
+class DifferentialRefused(TokenError):
+    """The applied list changed between the checks and the activation (another process applied one)."""
+
+
+def activate_differential(conn: sqlite3.Connection, version: int, base_version: int | None) -> int:
+    """Make the staged differential `version` live, atomically: a few set-based statements whose cost does not
+    grow with the size of auth_list (the rows stay in auth_list_delta, which lookups consult first; the merge into
+    auth_list follows in slices: merge_differential_chunk). Returns the new revision. `base_version` None: no check
+    (a caller that holds the applied version fixed)."""
+    current = meta(conn, "list_version")
+    if base_version is not None and current != base_version:
+        raise DifferentialRefused(
+            f"base version {base_version} does not match the applied list version {current}: full resync required"
+        )
+    if meta(conn, "delta_live"):
+        raise DifferentialRefused("the previous differential is still being merged: try again")
     conn.execute(
-        "DELETE FROM auth_list WHERE gen = ? AND id IN (SELECT value FROM json_each(?))", (gen, d.removals)
+        "DELETE FROM auth_cache WHERE id IN (SELECT id FROM auth_list_delta WHERE version = ? AND upserted = 1)",
+        (version,),
     )
-    conn.execute(
-        "DELETE FROM auth_cache WHERE id IN (SELECT json_extract(value, '$[0]') FROM json_each(?))",
-        (d.upserts,),
-    )
+    set_meta(conn, "delta_live", version)
     set_meta(conn, "list_version", version)
-    return bump_revision(conn, None, changed_json=d.changed)
+    rev = bump_revision(conn, ())
+    conn.execute(
+        "INSERT INTO auth_changes (revision, id) SELECT ?, id FROM auth_list_delta WHERE version = ?",
+        (rev, version),
+    )
+    return rev
+
+
+def merge_differential_chunk(conn: sqlite3.Connection, limit: int) -> int:
+    """Move up to `limit` rows of the live differential into auth_list at the live generation (in id order), in one
+    transaction: what a lookup answers does not change (the delta row was read first; now the auth_list row is, or
+    none for a removal). The last chunk clears 'delta_live'. Returns the rows moved (0: nothing was live)."""
+    live = meta(conn, "delta_live")
+    if not live:
+        return 0
+    p: dict[str, Any] = {"v": live, "gen": meta(conn, "active_gen")}
+    r = conn.execute(
+        "SELECT id FROM auth_list_delta WHERE version = ? ORDER BY id LIMIT 1 OFFSET ?",
+        (live, max(limit, 1) - 1),
+    ).fetchone()
+    where = "version = :v"
+    if r is not None:
+        where += " AND id <= :bound"
+        p["bound"] = r[0]
+    conn.execute(
+        "INSERT INTO auth_list (gen, id, status, expiry, parent_id, chargers, list_version) "
+        f"SELECT :gen, id, status, expiry, parent_id, chargers, version FROM auth_list_delta WHERE {where} "
+        "AND removed = 0 ON CONFLICT (gen, id) DO UPDATE SET status = excluded.status, expiry = excluded.expiry, "
+        "parent_id = excluded.parent_id, chargers = excluded.chargers, list_version = excluded.list_version",
+        p,
+    )
+    conn.execute(
+        f"DELETE FROM auth_list WHERE gen = :gen AND id IN (SELECT id FROM auth_list_delta WHERE {where} "
+        "AND removed = 1)",
+        p,
+    )
+    n = int(conn.execute(f"DELETE FROM auth_list_delta WHERE {where}", p).rowcount)
+    if r is None:
+        set_meta(conn, "delta_live", 0)
+    return n
+
+
+def stale_differentials(conn: sqlite3.Connection) -> list[int]:
+    """Versions staged in auth_list_delta that are not live (a refused or interrupted differential, one dropped by
+    a full list). The table holds one or two differentials at most (MAX_DIFFERENTIAL_TOKENS rows each): a short
+    scan of its primary key."""
+    live = meta(conn, "delta_live")
+    return [
+        int(r[0])
+        for r in conn.execute("SELECT DISTINCT version FROM auth_list_delta WHERE version != ?", (live,))
+    ]
+
+
+def delete_staged_chunk(conn: sqlite3.Connection, version: int, limit: int) -> int:
+    """Delete up to `limit` rows of a differential staged under `version` unless it is live; returns how many."""
+    if version == meta(conn, "delta_live"):
+        return 0
+    return int(
+        conn.execute(
+            "DELETE FROM auth_list_delta WHERE version = ?1 AND id IN "
+            "(SELECT id FROM auth_list_delta WHERE version = ?1 LIMIT ?2)",
+            (version, limit),
+        ).rowcount
+    )
+
+
+def apply_differential(conn: sqlite3.Connection, version: int, specs: list[TokenSpec] | Differential) -> int:
+    """A whole differential in the caller's transaction (atomic): staged, made live and merged at once -- the same
+    statements the service runs apart (stage slices on the store's bulk lane, activate in one short ordinary write,
+    merge in slices). For small lists and tests; returns the new revision."""
+    d = specs if isinstance(specs, Differential) else differential_json(specs)
+    stage_differential(conn, version, d)
+    rev = activate_differential(conn, version, None)
+    while merge_differential_chunk(conn, 1 << 30):
+        pass
+    return rev
 
 
 # -- listing --------------------------------------------------------------------------------------------------------
@@ -550,18 +684,45 @@ class TokenRow:
     entries: tuple[LocalEntry, ...]
 
 
+def _live_list(conn: sqlite3.Connection, after: str) -> Iterator[tuple[Any, ...]]:
+    """The live eMSP list's rows (id, status, expiry, parent_id, chargers, list_version) after `after` in id order:
+    auth_list at the live generation merged with the live differential not merged yet (its row replaces the
+    auth_list row of the same id; a removal drops it)."""
+    a = conn.execute(
+        "SELECT id, status, expiry, parent_id, chargers, list_version FROM auth_list WHERE gen = ? AND id > ? "
+        "ORDER BY id",
+        (meta(conn, "active_gen"), after),
+    )
+    live = meta(conn, "delta_live")
+    if not live:
+        yield from a
+        return
+    d = conn.execute(
+        "SELECT id, status, expiry, parent_id, chargers, version, removed FROM auth_list_delta "
+        "WHERE version = ? AND id > ? ORDER BY id",
+        (live, after),
+    )
+    ra = a.fetchone()
+    rd = d.fetchone()
+    while ra is not None or rd is not None:
+        if rd is None or (ra is not None and ra[0] < rd[0]):
+            yield tuple(ra)
+            ra = a.fetchone()
+            continue
+        if ra is not None and ra[0] == rd[0]:
+            ra = a.fetchone()
+        if not rd[6]:
+            yield tuple(rd[:6])
+        rd = d.fetchone()
+
+
 def iter_local(
     conn: sqlite3.Connection, after: str = "", limit: int | None = None, now: float | None = None
 ) -> Iterator[TokenRow]:
     """Every local-list token (eMSP list, manual and operator override entries, merged by id) in id order, starting
     after `after`. With `now`, overrides past their end are left out. A three-way merge of primary-key-ordered
     cursors: no sort, constant memory."""
-    gen = meta(conn, "active_gen")
-    a = conn.execute(
-        "SELECT id, status, expiry, parent_id, chargers, list_version FROM auth_list WHERE gen = ? AND id > ? "
-        "ORDER BY id",
-        (gen, after),
-    )
+    a = _live_list(conn, after)
     b = conn.execute(
         "SELECT id, status, expiry, parent_id, chargers FROM auth_manual WHERE id > ? ORDER BY id", (after,)
     )
@@ -569,7 +730,7 @@ def iter_local(
         "SELECT id, until, reason FROM auth_overrides WHERE id > ? AND until > ? ORDER BY id",
         (after, float("-inf") if now is None else now),
     )
-    ra = a.fetchone()
+    ra = next(a, None)
     rb = b.fetchone()
     rc = c.fetchone()
     n = 0
@@ -582,7 +743,7 @@ def iter_local(
             entries.append(
                 LocalEntry(ra[0], ra[1], ra[2], ra[3], decode_chargers(ra[4]), "local_list", ra[5])
             )
-            ra = a.fetchone()
+            ra = next(a, None)
         if rb is not None and rb[0] == key:
             entries.append(LocalEntry(rb[0], rb[1], rb[2], rb[3], decode_chargers(rb[4]), "manual"))
             rb = b.fetchone()
@@ -623,6 +784,9 @@ def count_for_charger(conn: sqlite3.Connection, charger_id: str, now: float) -> 
     """How many entries a complete local list for this charger holds (= the tokens `charger_entry` gives an entry
     for), counted in SQL: a full list needs no Python pass to find out whether it fits the charger."""
     params = {"gen": meta(conn, "active_gen"), "cid": charger_id, "now": now}
+    live = meta(conn, "delta_live")
+    if live:
+        return _count_for_charger_with_delta(conn, {**params, "v": live})
     n_list = conn.execute(
         f"SELECT COUNT(*) FROM auth_list WHERE gen = :gen AND {_APPLIES}", params
     ).fetchone()[0]
@@ -638,6 +802,41 @@ def count_for_charger(conn: sqlite3.Connection, charger_id: str, now: float) -> 
         params,
     ).fetchone()[0]
     return int(n_list) + int(n_manual) + int(n_override)
+
+
+def _count_for_charger_with_delta(conn: sqlite3.Connection, params: dict[str, Any]) -> int:
+    """count_for_charger while a differential is live and not merged yet (a few seconds at most)."""
+    in_delta = "EXISTS (SELECT 1 FROM auth_list_delta d WHERE d.version = :v AND d.id = {0})"
+    applies_d = _APPLIES.replace("chargers", "d.chargers")
+    live_applies = (
+        "(EXISTS (SELECT 1 FROM auth_list_delta d WHERE d.version = :v AND d.id = {0} AND d.removed = 0 "
+        f"AND {applies_d}) OR (NOT {in_delta} AND EXISTS (SELECT 1 FROM auth_list l WHERE l.gen = :gen "
+        f"AND l.id = {{0}} AND {_APPLIES.replace('chargers', 'l.chargers')})))"
+    )
+    live_has = (
+        "(EXISTS (SELECT 1 FROM auth_list_delta d WHERE d.version = :v AND d.id = {0} AND d.removed = 0) "
+        f"OR (NOT {in_delta} AND EXISTS (SELECT 1 FROM auth_list l WHERE l.gen = :gen AND l.id = {{0}})))"
+    )
+    n_list = conn.execute(
+        f"SELECT COUNT(*) FROM auth_list l WHERE l.gen = :gen AND {_APPLIES.replace('chargers', 'l.chargers')} "
+        f"AND NOT {in_delta.format('l.id')}",
+        params,
+    ).fetchone()[0]
+    n_delta = conn.execute(
+        f"SELECT COUNT(*) FROM auth_list_delta d WHERE d.version = :v AND d.removed = 0 AND {applies_d}",
+        params,
+    ).fetchone()[0]
+    n_manual = conn.execute(
+        f"SELECT COUNT(*) FROM auth_manual m WHERE {_APPLIES.replace('chargers', 'm.chargers')} "
+        f"AND NOT {live_applies.format('m.id')}",
+        params,
+    ).fetchone()[0]
+    n_override = conn.execute(
+        f"SELECT COUNT(*) FROM auth_overrides o WHERE o.until > :now AND NOT {live_has.format('o.id')} "
+        "AND NOT EXISTS (SELECT 1 FROM auth_manual m WHERE m.id = o.id)",
+        params,
+    ).fetchone()[0]
+    return int(n_list) + int(n_delta) + int(n_manual) + int(n_override)
 
 
 @dataclass(frozen=True, slots=True)
