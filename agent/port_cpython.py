@@ -178,10 +178,10 @@ class _Runner:
         deadline = loop.time() + seconds
         while not self.stop.is_set() and loop.time() < deadline:
             self._tick_offline()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation (gateway/aio.py)
             try:
-                await asyncio.wait_for(
-                    self.stop.wait(), timeout=max(0.0, min(self.tick_interval, deadline - loop.time()))
-                )
+                async with asyncio.timeout(max(0.0, min(self.tick_interval, deadline - loop.time()))):
+                    await self.stop.wait()
             except TimeoutError:
                 pass
 
@@ -255,7 +255,8 @@ class _Runner:
                 await self._flush(ws)
                 try:
                     # recv() is cancellation-safe in websockets' asyncio implementation
-                    msg = await asyncio.wait_for(ws.recv(), timeout=max(0.0, next_tick - loop.time()))
+                    async with asyncio.timeout(max(0.0, next_tick - loop.time())):
+                        msg = await ws.recv()
                 except TimeoutError:
                     continue
                 text = msg if isinstance(msg, str) else msg.decode("utf-8", "replace")

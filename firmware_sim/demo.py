@@ -50,6 +50,7 @@ from firmware_sim.demo_load import DemoSite, Outage, connector_phases
 from firmware_sim.emsp import GatewayView, SimEmsp
 from firmware_sim.fleet import ChargerCreds, Fleet, mask_token
 from firmware_sim.gateway_runner import GatewayRunner, GatewayStartError
+from gateway.aio import within
 
 log = logging.getLogger("chargegate.demo")
 
@@ -455,7 +456,7 @@ async def live_display(
             )
             out.flush()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), REFRESH_S)
+            await within(stop.wait(), REFRESH_S)
 
 
 def charger_duration(t: dict[str, Any]) -> float | None:

@@ -36,6 +36,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway.aio import within
 from gateway.uplink.contract import (
     TOPIC_ROOT,
     ContractError,
@@ -176,7 +177,7 @@ class SimEmsp:
             self._db = None
 
     async def wait_connected(self, timeout: float = 10.0) -> None:
-        await asyncio.wait_for(self._connected.wait(), timeout)
+        await within(self._connected.wait(), timeout)
 
     async def wait_for(
         self, cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition"
@@ -341,7 +342,7 @@ class SimEmsp:
         try:
             msg = {"id": cid, "op": op, "args": args}
             await self.send_raw(gateway_id, encode_message(msg, self.encoding))
-            return await asyncio.wait_for(fut, timeout)
+            return await within(fut, timeout)
         finally:
             self.result_waiters.pop(cid, None)
 

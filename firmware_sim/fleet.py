@@ -37,6 +37,7 @@ from firmware_sim.clock import SimClock
 from firmware_sim.hal import SimHal
 from firmware_sim.netcut import NetLink
 from firmware_sim.ocpp_check import FrameChecker
+from gateway.aio import within
 
 log = logging.getLogger("chargegate.sim")
 
@@ -280,7 +281,7 @@ async def _relay_event(src: asyncio.Event, dst: asyncio.Event) -> None:
 async def _sleep_or(stop: asyncio.Event, seconds: float) -> bool:
     """Sleep `seconds` unless `stop` is set first; True when it slept the whole time."""
     try:
-        await asyncio.wait_for(stop.wait(), seconds)
+        await within(stop.wait(), seconds)
         return False
     except TimeoutError:
         return True

@@ -15,6 +15,8 @@ import signal
 import sys
 from pathlib import Path
 
+from gateway.aio import within
+
 READY_RE = re.compile(r"^chargegate: ready ocpp=(?P<url>ws\S+) control=(?P<control>\S+)\s*$")
 # Cold start (imports, migrations) on a loaded 2-core box can take several seconds; only a gateway that never
 # becomes ready waits this long.
@@ -70,7 +72,7 @@ class GatewayRunner:
             asyncio.create_task(self._pump(self.proc.stderr, None)),
         ]
         try:
-            m = await asyncio.wait_for(asyncio.shield(ready), timeout)
+            m = await within(asyncio.shield(ready), timeout)
         except (TimeoutError, EOFError):
             await self.kill()
             raise GatewayStartError(
@@ -117,7 +119,7 @@ class GatewayRunner:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(self.proc.wait(), timeout)
+                await within(self.proc.wait(), timeout)
             except TimeoutError:
                 self.lines.append(f"[demo] no exit within {timeout:.0f} s of SIGTERM: SIGKILL")
                 return await self.kill()

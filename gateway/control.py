@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from gateway.aio import within
 from gateway.errors import ChargegateError
 
 log = logging.getLogger("chargegate.control")
@@ -104,13 +105,11 @@ class ControlServer:
 
 async def request(path: Path, req: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
     """Client side: one request, one answer."""
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_unix_connection(str(path), limit=MAX_REQUEST_BYTES), timeout
-    )
+    reader, writer = await within(asyncio.open_unix_connection(str(path), limit=MAX_REQUEST_BYTES), timeout)
     try:
         writer.write(json.dumps(req).encode() + b"\n")
         await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), timeout)
+        line = await within(reader.readline(), timeout)
         answer = json.loads(line)
         assert isinstance(answer, dict)
         return answer

@@ -35,6 +35,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from gateway.aio import within
 from gateway.auth import overrides
 from gateway.auth import tokenstore as ts
 from gateway.auth.decision import (
@@ -316,7 +317,7 @@ class AuthService:
             return None
         try:
             # the authorizer promises to return None at `budget`; wait_for holds the budget even if it does not
-            return await asyncio.wait_for(emsp.authorize(token, charger_id, budget), budget)
+            return await within(emsp.authorize(token, charger_id, budget), budget)
         except TimeoutError:
             return None
         except (ChargegateError, OSError, ValueError) as e:
@@ -730,7 +731,7 @@ class AuthService:
     async def _supervise(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), SUPERVISE_INTERVAL_S)
+                await within(self._wake.wait(), SUPERVISE_INTERVAL_S)
             except TimeoutError:
                 pass
             self._wake.clear()

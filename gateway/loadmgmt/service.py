@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from gateway.aio import within
 from gateway.commands import ChargerCommands
 from gateway.config import ChargerSection
 from gateway.errors import ChargegateError, ConfigError
@@ -280,7 +281,7 @@ class LoadManager:
     async def run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.cfg.control_interval_s)
+                await within(self._wake.wait(), self.cfg.control_interval_s)
             self._wake.clear()
             try:
                 await self.step()
@@ -442,7 +443,7 @@ class LoadManager:
     async def _call(self, charger_id: str, payload: dict[str, Any]) -> Outcome:
         self.sends += 1
         try:
-            answer = await asyncio.wait_for(
+            answer = await within(
                 self.commands.call(charger_id, "SetChargingProfile", payload), self.cfg.command_timeout_s
             )
         except (ChargegateError, TimeoutError) as e:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from gateway.aio import within
 from gateway.errors import ChargegateError
 from gateway.meters import rtu
 
@@ -133,7 +134,7 @@ class RtuSerialTransport:
             if remaining <= 0:
                 break
             try:
-                data = await asyncio.wait_for(self._rx.get(), remaining)
+                data = await within(self._rx.get(), remaining)
             except TimeoutError:
                 break
             if self._broken is not None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway import events as ev
+from gateway.aio import within
 from gateway.errors import StoreError
 from gateway.store import Store, register_migrations
 from gateway.uplink.contract import UPLINK_DROPPED, Encoding, OutboxRow, encode_batch
@@ -216,7 +217,7 @@ class OutboxDrainer:
                     await self._settle(inflight, wait_all=True)
                     self._wake.clear()
                     try:
-                        await asyncio.wait_for(self._wake.wait(), DRAIN_POLL_S)
+                        await within(self._wake.wait(), DRAIN_POLL_S)
                     except TimeoutError:
                         pass
                     continue

@@ -23,6 +23,7 @@ from paho.mqtt import client as mqtt_client
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway.aio import within
 from gateway.auth.emsp import EmspAuthAnswer
 from gateway.events import ConnectorStatus, StatusBus
 from gateway.store import Store
@@ -443,7 +444,7 @@ class Uplink:
                 tg.create_task(self._downlink_loop(client))
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(
+                await within(
                     client.publish(
                         self.topics.presence, self._presence(False, "shutdown"), qos=1, retain=True,
                         properties=self._props(),
@@ -456,7 +457,7 @@ class Uplink:
             self.state = "disconnected"
             self._authorizer.fail_all()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.__aexit__(None, None, None), SHUTDOWN_PUBLISH_S)
+                await within(client.__aexit__(None, None, None), SHUTDOWN_PUBLISH_S)
 
     async def _publish_batch(self, payload: bytes) -> None:
         await self.publish(self.topics.events, payload)
