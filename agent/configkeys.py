@@ -1,4 +1,4 @@
-"""OCPP 1.6 configuration keys (Core, LocalAuthListManagement, SmartCharging): definitions, validation and
+"""OCPP 1.6 configuration keys (Core, LocalAuthListManagement, Reservation, SmartCharging): definitions, validation and
 persistence through HAL storage. Values are kept typed (int, bool, str, list of str for CSL keys) and rendered
 as OCPP strings for GetConfiguration.
 """
@@ -16,7 +16,7 @@ STORAGE_NAME = "config"
 
 # Measurands this charge point can sample (MeterValuesSampledData & co. accept only these).
 MEASURANDS = ("Energy.Active.Import.Register", "Power.Active.Import", "Current.Offered")
-FEATURE_PROFILES = "Core,LocalAuthListManagement,SmartCharging,RemoteTrigger"
+FEATURE_PROFILES = "Core,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger"
 # Longest CSL a MeasurandsSampledData key accepts (reported as *MaxLength keys).
 MAX_MEASURANDS = const(3)
 # Cap on one ChangeConfiguration value (OCPP 1.6 CiString500 for value).
@@ -68,6 +68,8 @@ DEFINITIONS = {
     "LocalAuthListEnabled": (BOOL, False, True, False, 0),
     "LocalAuthListMaxLength": (INT, True, 1000, False, 0),
     "SendLocalListMaxLength": (INT, True, 200, False, 0),
+    # Reservation profile: a reservation names one connector (connectorId 0, "any connector", is not offered)
+    "ReserveConnectorZeroSupported": (BOOL, True, False, False, 0),
     # SmartCharging profile
     "ChargeProfileMaxStackLevel": (INT, True, 8, False, 0),
     "ChargingScheduleAllowedChargingRateUnit": (STR, True, "Current,Power", False, 0),

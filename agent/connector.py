@@ -11,21 +11,34 @@ CHARGING = "Charging"
 SUSPENDED_EV = "SuspendedEV"
 SUSPENDED_EVSE = "SuspendedEVSE"
 FINISHING = "Finishing"
+RESERVED = "Reserved"
 UNAVAILABLE = "Unavailable"
 FAULTED = "Faulted"
 
-STATUSES = (AVAILABLE, PREPARING, CHARGING, SUSPENDED_EV, SUSPENDED_EVSE, FINISHING, UNAVAILABLE, FAULTED)
+STATUSES = (
+    AVAILABLE,
+    PREPARING,
+    CHARGING,
+    SUSPENDED_EV,
+    SUSPENDED_EVSE,
+    FINISHING,
+    RESERVED,
+    UNAVAILABLE,
+    FAULTED,
+)
 _TX_STATES = (CHARGING, SUSPENDED_EV, SUSPENDED_EVSE)
 
 TRANSITIONS = {
-    AVAILABLE: (PREPARING, CHARGING, SUSPENDED_EV, SUSPENDED_EVSE, UNAVAILABLE, FAULTED),
+    AVAILABLE: (PREPARING, CHARGING, SUSPENDED_EV, SUSPENDED_EVSE, RESERVED, UNAVAILABLE, FAULTED),
     PREPARING: (AVAILABLE, CHARGING, SUSPENDED_EV, SUSPENDED_EVSE, FINISHING, FAULTED, UNAVAILABLE),
     CHARGING: (AVAILABLE, SUSPENDED_EV, SUSPENDED_EVSE, FINISHING, UNAVAILABLE, FAULTED),
     SUSPENDED_EV: (AVAILABLE, CHARGING, SUSPENDED_EVSE, FINISHING, UNAVAILABLE, FAULTED),
     SUSPENDED_EVSE: (AVAILABLE, CHARGING, SUSPENDED_EV, FINISHING, UNAVAILABLE, FAULTED),
     FINISHING: (AVAILABLE, PREPARING, UNAVAILABLE, FAULTED),
-    UNAVAILABLE: (AVAILABLE, PREPARING, CHARGING, SUSPENDED_EV, SUSPENDED_EVSE, FAULTED),
-    FAULTED: (AVAILABLE, PREPARING, CHARGING, SUSPENDED_EV, SUSPENDED_EVSE, FINISHING, UNAVAILABLE),
+    # Reserved: the reserved id arrives (Preparing), the reservation expires or is cancelled (Available)
+    RESERVED: (AVAILABLE, PREPARING, UNAVAILABLE, FAULTED),
+    UNAVAILABLE: (AVAILABLE, PREPARING, CHARGING, SUSPENDED_EV, SUSPENDED_EVSE, RESERVED, FAULTED),
+    FAULTED: (AVAILABLE, PREPARING, CHARGING, SUSPENDED_EV, SUSPENDED_EVSE, FINISHING, RESERVED, UNAVAILABLE),
 }
 
 PLUGGED = ("B", "C", "D")
@@ -44,7 +57,8 @@ class ConnectorInputs:
         tx_active=False,
         authorized_waiting=False,
         energy_offered=True,
-    ):  # type: (str, str | None, bool, bool, bool, bool) -> None
+        reserved=False,
+    ):  # type: (str, str | None, bool, bool, bool, bool, bool) -> None
         self.pilot = pilot
         self.fault = fault  # None or an OCPP ChargePointErrorCode reported by the HAL
         self.operative = (
@@ -53,6 +67,7 @@ class ConnectorInputs:
         self.tx_active = tx_active
         self.authorized_waiting = authorized_waiting  # idTag accepted, waiting for the cable
         self.energy_offered = energy_offered  # False: EVSE withholds energy (limit 0, id not accepted)
+        self.reserved = reserved  # a reservation (ReserveNow) holds the connector for one idTag
 
 
 def next_status(current: str, inp: ConnectorInputs) -> str:
@@ -69,6 +84,9 @@ def next_status(current: str, inp: ConnectorInputs) -> str:
             new = SUSPENDED_EV
     elif not inp.operative:
         new = UNAVAILABLE
+    elif inp.reserved and not inp.authorized_waiting:
+        # an EV plugged in without the reserved id does not take the connector: it stays Reserved
+        new = RESERVED
     elif inp.pilot in PLUGGED:
         # a finished transaction leaves the connector in Finishing until the cable goes or a new id arrives
         if (current == FINISHING or current in _TX_STATES) and not inp.authorized_waiting:
@@ -82,7 +100,10 @@ def next_status(current: str, inp: ConnectorInputs) -> str:
     if new != current and new not in TRANSITIONS[current]:
         # Not an OCPP edge (Finishing -> Charging, Charging -> Preparing): pass through the state in between;
         # the next tick completes the move.
-        via = PREPARING if new in _TX_STATES else FINISHING
+        if new == RESERVED:
+            via = AVAILABLE  # Preparing -> Reserved (the reserved id's connection timeout passed)
+        else:
+            via = PREPARING if new in _TX_STATES else FINISHING
         if via in TRANSITIONS[current]:
             return via
     return new

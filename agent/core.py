@@ -11,7 +11,7 @@ StatusNotification, ...; dropped while offline) and the persisted transaction-me
 
 import json
 
-from agent import configkeys, connector, ocppj
+from agent import configkeys, connector, ocppj, reservation
 from agent.compat import const, is_int, iso_utc, mask_token, parse_iso
 from agent.journal import Journal, bulk_of, bulk_view, dumps_compact
 from agent.localauth import LocalAuth, clean_id_tag_info, effective_status
@@ -77,7 +77,7 @@ TX_JOURNAL_MAX_BYTES = const(16384)
 AVAIL_STORAGE = "availability"
 
 # Known 1.6 actions this charge point does not support (answered NotSupported, not NotImplemented).
-UNSUPPORTED_ACTIONS = ("GetDiagnostics", "UpdateFirmware", "ReserveNow", "CancelReservation")
+UNSUPPORTED_ACTIONS = ("GetDiagnostics", "UpdateFirmware")
 TRIGGERABLE = (
     "BootNotification",
     "DiagnosticsStatusNotification",
@@ -117,6 +117,14 @@ SPECS = {  # type: dict[str, dict[str, tuple[str, bool, Any]]]
         "chargingProfilePurpose": (_S, False, ("ChargePointMaxProfile", "TxDefaultProfile", "TxProfile")),
         "stackLevel": (_I, False, None),
     },
+    "ReserveNow": {
+        "connectorId": (_I, True, None),
+        "expiryDate": (_S, True, 40),
+        "idTag": (_S, True, 20),
+        "parentIdTag": (_S, False, 20),
+        "reservationId": (_I, True, None),
+    },
+    "CancelReservation": {"reservationId": (_I, True, None)},
     "GetCompositeSchedule": {
         "connectorId": (_I, True, None),
         "duration": (_I, True, None),
@@ -391,6 +399,7 @@ class _Connector:
         self.waiting = None  # type: dict[str, Any] | None  # {"id_tag", "deadline"}: authorized, waiting for the cable
         self.authorizing = None  # type: str | None  # idTag with an Authorize in flight for this connector
         self.remote_profile = None  # type: dict[str, Any] | None  # TxProfile from RemoteStartTransaction
+        self.reservation = None  # type: list[Any] | None  # agent/reservation.py: [id, idTag, parent, expiry]
         self.relay = None  # type: bool | None
         self.limit = None  # type: float | None
         self.last_sample_ms = 0
@@ -451,6 +460,9 @@ class ChargePointCore:
         self.smart = SmartCharging(hal, config) if SmartCharging is not None else None
         self.connectors = [_Connector(i + 1) for i in range(config.connectors)]
         self._load_availability()
+        held = reservation.decode(self.hal.storage_read(reservation.STORAGE_NAME), config.connectors)
+        for c in self.connectors:
+            c.reservation = held.get(str(c.cid))
         for c in self.connectors:
             # a first answer for status() before the first tick (which computes the real one and notifies)
             c.status = connector.AVAILABLE if c.operative and self._cp_operative else connector.UNAVAILABLE
@@ -540,6 +552,21 @@ class ChargePointCore:
         for c in self.connectors:
             blob[str(c.cid)] = c.operative
         self.hal.storage_write(AVAIL_STORAGE, json.dumps(blob).encode())
+
+    def _save_reservations(self) -> None:
+        held = {}  # type: dict[str, Any]
+        for c in self.connectors:
+            if c.reservation is not None:
+                held[str(c.cid)] = c.reservation
+        self.hal.storage_write(reservation.STORAGE_NAME, reservation.encode(held))
+
+    def _end_reservation(self, c: _Connector, why: str) -> None:
+        res = c.reservation
+        if res is None:
+            return
+        c.reservation = None
+        self._save_reservations()
+        self._log("reservation " + str(res[reservation.ID]) + " on " + str(c.cid) + " " + why)
 
     def _recover_transactions(self) -> None:
         """A transaction found in storage was interrupted by a power loss (Reset stops them before rebooting):
@@ -773,7 +800,7 @@ class ChargePointCore:
         c = self._clear_authorizing(ctx["cid"])
         self.auth.remember(ctx["id_tag"], info, self.cfg.get("AuthorizationCacheEnabled"))
         if effective_status(info, self._wall()) == "Accepted":
-            self._authorized(c, ctx["id_tag"])
+            self._authorized(c, ctx["id_tag"], info.get("parentIdTag"))
         else:
             self._log("id " + mask_token(ctx["id_tag"]) + " not accepted: " + info["status"])
 
@@ -851,12 +878,15 @@ class ChargePointCore:
             if cid < 1 or cid > len(self.connectors):
                 return ({"status": "Rejected"},)
             c = self.connectors[cid - 1]  # type: _Connector | None
-            if c is not None and not self._can_start_on(c):
+            if c is not None and not self._can_start_on(c, id_tag):
                 c = None
             if c is None:
                 return ({"status": "Rejected"},)
         else:
-            ok, c = self._target_for_new_id()
+            c = self._reserved_for(id_tag)
+            ok = c is not None and self._can_start_on(c, id_tag)
+            if not ok:
+                ok, c = self._target_for_new_id(id_tag)
             if not ok:
                 return ({"status": "Rejected"},)
         if not self._cp_operative or not self.queue.can_start():
@@ -997,6 +1027,44 @@ class ChargePointCore:
         )
         return ({"status": status},)
 
+    def _h_ReserveNow(self, p: "dict[str, Any]") -> "tuple[Any, ...]":
+        cid = p["connectorId"]
+        rid = p["reservationId"]
+        expiry = parse_iso(p["expiryDate"])
+        n = len(self.connectors)
+        c = self.connectors[cid - 1] if 1 <= cid <= n else None
+        status = reservation.reserve_status(
+            cid,
+            n,
+            self.cfg.get("ReserveConnectorZeroSupported"),
+            None if c is None else c.status,
+            c is not None
+            and (c.tx is not None or c.waiting is not None or c.authorizing is not None or not c.operative),
+            None if c is None or c.reservation is None else c.reservation[reservation.ID],
+            rid,
+            expiry,
+            self._wall(),
+        )
+        if status == reservation.ACCEPTED and c is not None and expiry is not None:
+            for other in self.connectors:  # the same reservationId elsewhere: replaced by this one
+                if (
+                    other is not c
+                    and other.reservation is not None
+                    and other.reservation[reservation.ID] == rid
+                ):
+                    other.reservation = None
+            c.reservation = reservation.make(rid, p["idTag"], p.get("parentIdTag"), expiry)
+            self._save_reservations()
+            self._log("reservation " + str(rid) + " on " + str(cid) + " for " + mask_token(p["idTag"]))
+        return ({"status": status},)
+
+    def _h_CancelReservation(self, p: "dict[str, Any]") -> "tuple[Any, ...]":
+        for c in self.connectors:
+            if c.reservation is not None and c.reservation[reservation.ID] == p["reservationId"]:
+                self._end_reservation(c, "cancelled")
+                return ({"status": "Accepted"},)
+        return ({"status": "Rejected"},)
+
     def _h_SetChargingProfile(self, p: "dict[str, Any]") -> "tuple[Any, ...]":
         if self.smart is None:
             return ({"status": "NotSupported"},)
@@ -1037,20 +1105,45 @@ class ChargePointCore:
     # ==================================================================================================
     # authorization
     # ==================================================================================================
-    def _can_start_on(self, c: _Connector) -> bool:
-        return (
+    def _can_start_on(self, c: _Connector, id_tag: "str | None", parent: "str | None" = None) -> bool:
+        """May `id_tag` start on `c` now? A reserved connector takes only its reservation's id (or group:
+        `parent` from the Authorize answer, else the local list/cache)."""
+        if not (
             self._reset is None  # no new transaction between Reset.conf and the reboot
             and c.tx is None
             and c.operative
             and self._cp_operative
             and c.status not in (connector.FAULTED, connector.UNAVAILABLE)
             and c.authorizing is None
-        )
+        ):
+            return False
+        res = c.reservation
+        if res is None:
+            return True
+        if parent is None and id_tag is not None and res[reservation.PARENT] is not None:
+            parent = self._group_of(id_tag)
+        return reservation.admits(res, id_tag, parent)
 
-    def _free_connector(self) -> "_Connector | None":
+    def _reserved_for(self, id_tag: str) -> "_Connector | None":
+        """The connector reserved for `id_tag` (by idTag, or by its group known locally), if any."""
+        group = None  # type: str | None
+        for c in self.connectors:
+            res = c.reservation
+            if res is None:
+                continue
+            if res[reservation.TAG] == id_tag:
+                return c
+            if res[reservation.PARENT] is not None:
+                if group is None:
+                    group = self._group_of(id_tag) or ""
+                if group == res[reservation.PARENT]:
+                    return c
+        return None
+
+    def _free_connector(self, id_tag: str) -> "_Connector | None":
         best = None
         for c in self.connectors:
-            if not self._can_start_on(c) or c.waiting is not None:
+            if not self._can_start_on(c, id_tag) or c.waiting is not None:
                 continue
             if c.pilot in connector.PLUGGED:
                 return c  # a plugged-in EV waiting for an id comes first
@@ -1083,23 +1176,35 @@ class ChargePointCore:
             return
         if self._floating_authorizing == id_tag:
             return
-        ok, target = self._target_for_new_id()
+        mine = self._reserved_for(id_tag)
+        if mine is not None and mine.waiting is None and self._can_start_on(mine, id_tag):
+            self._authorize(mine, id_tag)  # the reserved card goes to its connector
+            return
+        ok, target = self._target_for_new_id(id_tag)
         if not ok:
+            for c in self.connectors:
+                res = c.reservation
+                if res is not None and res[reservation.PARENT] is not None and c.waiting is None:
+                    if self._can_start_on(c, res[reservation.TAG]):
+                        self._authorize(
+                            c, id_tag
+                        )  # its group (parentIdTag) may come with the Authorize answer
+                        return
             self._log("card " + mask_token(id_tag) + " ignored: no free connector")
             return
         self._authorize(target, id_tag)
 
-    def _target_for_new_id(self) -> "tuple[bool, _Connector | None]":
+    def _target_for_new_id(self, id_tag: str) -> "tuple[bool, _Connector | None]":
         """(False, None): no connector can start; (True, c): connector c; (True, None): several free
         connectors and no EV plugged in yet, the first one plugged takes the id."""
-        free = self._free_connector()
+        free = self._free_connector(id_tag)
         if free is None:
             return False, None
         if free.pilot in connector.PLUGGED:
             return True, free
         n = 0
         for c in self.connectors:
-            if self._can_start_on(c) and c.waiting is None:
+            if self._can_start_on(c, id_tag) and c.waiting is None:
                 n += 1
         return True, (free if n == 1 else None)
 
@@ -1152,15 +1257,19 @@ class ChargePointCore:
         else:
             self._log("id " + mask_token(id_tag) + " not authorized offline")
 
-    def _authorized(self, c: "_Connector | None", id_tag: str) -> None:
+    def _authorized(self, c: "_Connector | None", id_tag: str, parent: "str | None" = None) -> None:
         waiting = {
             "id_tag": id_tag,
             "deadline": self.hal.ticks_ms() + self.cfg.get("ConnectionTimeOut") * 1000,
-        }
+        }  # type: dict[str, Any]
+        if parent is not None:
+            waiting["parent"] = parent
         if c is None:
             self._floating = waiting
             return
-        if not self._can_start_on(c):
+        if not self._can_start_on(c, id_tag, parent):
+            if c.reservation is not None:
+                self._log("id " + mask_token(id_tag) + " refused: connector " + str(c.cid) + " is reserved")
             return
         c.waiting = waiting
         if c.pilot in connector.PLUGGED:
@@ -1198,7 +1307,12 @@ class ChargePointCore:
         if c.remote_profile is not None and self.smart is not None:
             self.smart.bind_remote_profile(c.cid, c.remote_profile, local, wall)
         c.remote_profile = None
-        payload = {"connectorId": c.cid, "idTag": waiting["id_tag"], "meterStart": meter, "timestamp": ts}
+        payload = {"connectorId": c.cid, "idTag": waiting["id_tag"], "meterStart": meter, "timestamp": ts}  # type: dict[str, Any]
+        res = c.reservation
+        if res is not None:
+            # only an admitted id gets here (_can_start_on): the transaction consumes the reservation
+            payload["reservationId"] = res[reservation.ID]
+            self._end_reservation(c, "used")
         self.queue.push(START, payload, local)
         self._log(
             "transaction " + str(local) + " started on " + str(c.cid) + " by " + mask_token(waiting["id_tag"])
@@ -1304,7 +1418,7 @@ class ChargePointCore:
             self._stop_tx(c, "EVDisconnected", None)
         floating = self._floating
         if floating is not None and c.waiting is None and pilot in connector.PLUGGED and fault is None:
-            if self._can_start_on(c):
+            if self._can_start_on(c, floating["id_tag"], floating.get("parent")):
                 c.waiting = floating
                 c.remote_profile = self._floating_profile
                 self._floating = None
@@ -1320,6 +1434,9 @@ class ChargePointCore:
         if c.limit != limit:
             c.limit = limit
             self.hal.set_current_limit(c.cid, limit)
+        res = c.reservation
+        if res is not None and reservation.expired(res, self._wall()):
+            self._end_reservation(c, "expired")
         invalid = c.tx is not None and c.tx.get("invalid", False)
         inputs = connector.ConnectorInputs(
             pilot=pilot,
@@ -1328,6 +1445,7 @@ class ChargePointCore:
             tx_active=c.tx is not None,
             authorized_waiting=c.waiting is not None or c.authorizing is not None,
             energy_offered=limit > 0 and not invalid,
+            reserved=c.reservation is not None,
         )
         new = connector.next_status(c.status or connector.AVAILABLE, inputs)
         c.error_code = (

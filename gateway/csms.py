@@ -478,19 +478,22 @@ class Csms:
             self.authorizer.record(conn, decision, transaction_id=tx_id)
             if self.session_meters is not None:
                 self.session_meters.on_start(conn, tx_id, cid, connector, now)
+            started: dict[str, Any] = {
+                "tx": tx_id,
+                "charger": cid,
+                "connector": connector,
+                "id_tag": id_tag,
+                "meter_start_wh": meter_start,
+                "start": ts,
+                "auth_status": decision.status,
+                "auth_method": decision.auth_method,
+            }
+            if p.get("reservationId") is not None:
+                started["reservation_id"] = p["reservationId"]  # the reservation this start consumed
             events.emit(
                 conn,
                 events.SESSION_STARTED,
-                {
-                    "tx": tx_id,
-                    "charger": cid,
-                    "connector": connector,
-                    "id_tag": id_tag,
-                    "meter_start_wh": meter_start,
-                    "start": ts,
-                    "auth_status": decision.status,
-                    "auth_method": decision.auth_method,
-                },
+                started,
                 charger_id=cid,
                 charger_ts=ts,
                 now=now,

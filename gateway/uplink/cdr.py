@@ -159,6 +159,8 @@ def build_session_record(conn: sqlite3.Connection, transaction_id: int) -> dict[
         "auth_method": ocpi_auth_method(tx["auth_method"]),
         "gateway_auth_method": tx["auth_method"],  # the gateway's own finer value (e.g. AUTH_CACHE)
         "auth_status": tx["auth_status"],
+        # the OCPP reservationId the charger's StartTransaction carried (OCPI's CDR has no field for it)
+        "reservation_id": tx["reservation_id"],
         "meter_start_wh": meter_start,
         "meter_stop_wh": int(meter_stop) if meter_stop is not None else None,
         "total_energy_wh": int(energy_wh) if energy_wh is not None else None,

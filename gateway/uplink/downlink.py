@@ -7,6 +7,10 @@ first result again without running the command twice.
 
 A `token_list` may come in parts (`update_id`, `part`, `parts`): parts are staged on disk and the list is applied
 when the last one arrives (gateway/uplink/tokenparts.py, gateway/uplink/tokenstaging.py).
+
+`reserve_now` without a `reservation_id` gets one from the gateway: a positive integer from the `reservations`
+table (AUTOINCREMENT: never reused, durable), keyed by the command id so a command redelivered after a restart
+gets the same id again; ids the eMSP chooses itself are recorded there too, so an allocated one never equals them.
 """
 
 from __future__ import annotations
@@ -14,12 +18,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sqlite3
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway.errors import ChargerNotConnected, CommandError
-from gateway.store import Store
+from gateway.store import Store, register_migrations
 from gateway.uplink.contract import ContractError, decode_message
 from gateway.uplink.ports import ChargerCommands, SiteLimitSink, TokenListSink
 from gateway.uplink.tokenparts import MAX_PARTS
@@ -36,6 +44,25 @@ RESULT_CACHE_SIZE = 256
 # Payloads above this size (token lists, in practice) are decoded and executed one at a time: a gateway receiving
 # many list parts at once holds one decoded part, not one per command in progress (32 x 4 MiB of dicts).
 LARGE_PAYLOAD_BYTES = 64 * 1024
+# Longest reservation an eMSP may ask for: a reservation blocks a connector for everyone else, and a day covers any
+# "reserve before I arrive" use; longer is more likely a unit mistake (ms for s) than a wish.
+MAX_RESERVATION_S = 24 * 3600
+MAX_OCPP_INT = 2**31 - 1  # OCPP integer fields (reservationId) are 32-bit signed
+
+register_migrations(
+    "reservations",
+    [
+        """
+        CREATE TABLE reservations (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            command_id TEXT UNIQUE,
+            charger_id TEXT NOT NULL,
+            connector_id INTEGER NOT NULL,
+            created_at REAL NOT NULL
+        );
+        """
+    ],
+)
 
 # op -> (required args, optional args)
 OPS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
@@ -45,6 +72,11 @@ OPS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "unlock": (frozenset({"charger", "connector"}), frozenset()),
     "change_availability": (frozenset({"charger", "connector", "type"}), frozenset()),
     "trigger_status": (frozenset({"charger"}), frozenset({"connector"})),
+    "reserve_now": (
+        frozenset({"charger", "connector", "id_tag", "expiry"}),
+        frozenset({"reservation_id", "parent_id_tag"}),
+    ),
+    "cancel_reservation": (frozenset({"charger", "reservation_id"}), frozenset()),
     "set_site_limit": (frozenset({"amps"}), frozenset()),
     "token_list": (
         frozenset({"kind", "version", "tokens"}),
@@ -87,8 +119,38 @@ def _str(args: dict[str, Any], key: str, max_len: int, choices: tuple[str, ...] 
     return v
 
 
-def parse_command(msg: dict[str, Any]) -> Command:
-    """Validate a decoded command map. Raises Rejected (code, message)."""
+def _expiry(args: dict[str, Any], now: float) -> str:
+    """`expiry`: seconds from now (1..MAX_RESERVATION_S) or an ISO-8601 time with a UTC offset, in the future and
+    at most MAX_RESERVATION_S ahead -> the OCPP expiryDate (UTC, whole seconds)."""
+    v = args.get("expiry")
+    if type(v) is int:
+        if not 1 <= v <= MAX_RESERVATION_S:
+            raise Rejected(
+                "invalid_args", f"expiry: expected 1..{MAX_RESERVATION_S} seconds from now, got {v}"
+            )
+        at = math.floor(now) + v
+    elif isinstance(v, str) and len(v) <= 40:
+        try:
+            t = datetime.fromisoformat(v[:-1] + "+00:00" if v.endswith("Z") else v)
+        except ValueError:
+            raise Rejected(
+                "invalid_args", "expiry: expected an ISO-8601 time or a number of seconds"
+            ) from None
+        if t.tzinfo is None:
+            raise Rejected("invalid_args", "expiry: the time needs a UTC offset (e.g. Z)")
+        at = math.floor(t.timestamp())
+        if at <= now:
+            raise Rejected("invalid_args", "expiry: the time is not in the future")
+        if at > now + MAX_RESERVATION_S:
+            raise Rejected("invalid_args", f"expiry: at most {MAX_RESERVATION_S} s from now")
+    else:
+        raise Rejected("invalid_args", "expiry: expected an ISO-8601 time or a number of seconds")
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_command(msg: dict[str, Any], now: float | None = None) -> Command:
+    """Validate a decoded command map (`now`: UNIX time for relative expiries; default the system clock).
+    Raises Rejected (code, message)."""
     if not msg.keys() <= {"id", "op", "args"}:
         raise Rejected("malformed", f"unknown top-level keys: {sorted(set(msg) - {'id', 'op', 'args'})}")
     cid = msg.get("id")
@@ -158,6 +220,20 @@ def parse_command(msg: dict[str, Any]) -> Command:
             "RemoteStopTransaction",
             {"transactionId": _int(args, "transaction_id", 0)},
         )
+    if op == "reserve_now":
+        payload = {
+            "connectorId": _int(args, "connector", 1, 64),  # connectorId 0 (any connector) is not offered
+            "expiryDate": _expiry(args, time.time() if now is None else now),
+            "idTag": _str(args, "id_tag", MAX_ID_TAG),
+        }
+        if "parent_id_tag" in args:
+            payload["parentIdTag"] = _str(args, "parent_id_tag", MAX_ID_TAG)
+        if "reservation_id" in args:
+            payload["reservationId"] = _int(args, "reservation_id", 1, MAX_OCPP_INT)
+        return Command(cid, op, args, charger, "ReserveNow", payload)
+    if op == "cancel_reservation":
+        payload = {"reservationId": _int(args, "reservation_id", 1, MAX_OCPP_INT)}
+        return Command(cid, op, args, charger, "CancelReservation", payload)
     if op == "reset":
         return Command(cid, op, args, charger, "Reset", {"type": _str(args, "type", 8, ("Hard", "Soft"))})
     if op == "unlock":
@@ -207,8 +283,11 @@ class Downlink:
         call_timeout: float,
         max_payload_bytes: int,
         store: Store | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.commands = commands
+        self.store = store
+        self.wall = wall  # UNIX time, for relative reservation expiries
         self.token_sink = token_sink
         self.staging = (
             TokenListStaging(store, token_sink) if store is not None and token_sink is not None else None
@@ -236,7 +315,7 @@ class Downlink:
             log.warning("uplink: malformed downlink command: %s", e)
             return error_result(None, None, "malformed", str(e))
         try:
-            cmd = parse_command(msg)
+            cmd = parse_command(msg, self.wall())
         except Rejected as e:
             self.rejected += 1
             log.warning("uplink: rejected downlink command %r: %s", msg.get("id"), e.message)
@@ -291,10 +370,51 @@ class Downlink:
             raise Rejected(
                 "charger_not_connected", f"charger {cmd.charger!r} is not connected to this gateway"
             )
+        payload = cmd.payload
+        if cmd.op == "reserve_now":
+            payload = dict(payload)
+            payload["reservationId"] = await self._reservation_id(cmd, payload.get("reservationId"))
         try:
-            answer = await self.commands.call(cmd.charger, cmd.action, cmd.payload, timeout=self.call_timeout)
+            answer = await self.commands.call(cmd.charger, cmd.action, payload, timeout=self.call_timeout)
         except ChargerNotConnected as e:
             raise Rejected("charger_not_connected", str(e)) from None
         except CommandError as e:
             raise Rejected("command_failed", str(e)) from None
-        return {"charger": cmd.charger, "action": cmd.action, "response": answer}
+        out = {"charger": cmd.charger, "action": cmd.action, "response": answer}
+        if cmd.op == "reserve_now":
+            out["reservation_id"] = payload["reservationId"]
+        return out
+
+    async def _reservation_id(self, cmd: Command, given: int | None) -> int:
+        """The eMSP's reservation id (recorded), or one allocated for this command (the same one again when the
+        command id comes again)."""
+        if self.store is None:
+            if given is None:
+                raise Rejected(
+                    "not_supported", "this gateway cannot allocate reservation ids: give reservation_id"
+                )
+            return given
+        charger, connector, now = cmd.charger, cmd.args["connector"], self.wall()
+
+        def op(conn: sqlite3.Connection) -> int:
+            if given is not None:
+                conn.execute(
+                    "INSERT OR IGNORE INTO reservations (id, charger_id, connector_id, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (given, charger, connector, now),
+                )
+                return given
+            row = conn.execute("SELECT id FROM reservations WHERE command_id = ?", (cmd.id,)).fetchone()
+            if row is not None:
+                return int(row[0])
+            cur = conn.execute(
+                "INSERT INTO reservations (command_id, charger_id, connector_id, created_at) VALUES (?, ?, ?, ?)",
+                (cmd.id, charger, connector, now),
+            )
+            assert cur.lastrowid is not None
+            return int(cur.lastrowid)
+
+        rid: int = await self.store.write(op)
+        if rid > MAX_OCPP_INT:
+            raise Rejected("command_failed", "reservation ids exhausted (give reservation_id)")
+        return rid

@@ -18,7 +18,14 @@ sys.path.insert(0, os.path.dirname(__file__))
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER = ROOT / "tests" / "mpy" / "run.mjs"
 PACKAGE = ROOT / "node_modules" / "@micropython" / "micropython-webassembly-pyscript" / "micropython.mjs"
-CASE_MODULES = ("cases_core", "cases_phase2", "cases_journal", "cases_clock_reset", "cases_txjournal")
+CASE_MODULES = (
+    "cases_core",
+    "cases_phase2",
+    "cases_journal",
+    "cases_clock_reset",
+    "cases_txjournal",
+    "cases_reservation",
+)
 # The whole MicroPython run takes a few seconds; 120 s means something hangs.
 RUN_TIMEOUT_S = 120
 

@@ -15,13 +15,14 @@ import { lineSink, loadPort } from "./host.mjs";
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, "..", "..");
 // Default case modules, shared with CPython pytest (tests/agent/test_core.py, test_journal.py,
-// test_clock_reset.py and test_txjournal.py import the same ones).
+// test_clock_reset.py, test_txjournal.py and test_reservation.py import the same ones).
 const DEFAULT_CASES = [
   "cases_core.py",
   "cases_phase2.py",
   "cases_journal.py",
   "cases_clock_reset.py",
   "cases_txjournal.py",
+  "cases_reservation.py",
 ].map((f) => join(root, "tests", "agent", f));
 // Agent files that only run on CPython (the websocket port, the nfcpy reader backend).
 const CPYTHON_ONLY = new Set(["port_cpython.py", "nfc_reader.py"]);
