@@ -103,6 +103,7 @@ AGENT_MODULES = (
     "localauth",
     "txqueue",
     "smartcharging",
+    "reservation",
     "core",
 )
 # Initial GC heap for the workload runs (the package's default). The port adds areas when it runs out.

@@ -68,6 +68,7 @@ const MODULES = [
   "agent.localauth",
   "agent.txqueue",
   "agent.smartcharging",
+  "agent.reservation",
   "agent.core",
 ];
 
