@@ -17,15 +17,14 @@ from typing import Any
 import pytest
 
 import gateway.uplink  # noqa: F401 - registers [uplink] before the config is loaded
-from firmware_sim.emsp import SimEmsp, token_list_commands
-from gateway.app import Gateway
+from firmware_sim.emsp import token_list_commands
 from gateway.auth import tokenstore as ts
-from gateway.config import load_config
+from hil_tests.uplink_site import uplink_site
 
 try:
-    from hil_tests.mosquitto import Mosquitto, mosquitto_binary
+    from hil_tests.mosquitto import mosquitto_binary
 except ImportError:
-    from mosquitto import Mosquitto, mosquitto_binary  # type: ignore[no-redef]
+    from mosquitto import mosquitto_binary  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.skipif(mosquitto_binary() is None, reason="mosquitto not installed")
 
@@ -47,37 +46,8 @@ def staged(conn: sqlite3.Connection) -> int:
 
 def test_a_200k_token_list_in_duplicated_reordered_parts_lands_exactly(tmp_path: Path) -> None:
     async def main() -> None:
-        broker = Mosquitto(tmp_path).start()
-        conf = tmp_path / "site.toml"
-        conf.write_text(
-            f"""
-[site]
-id = "{SITE}"
-data_dir = "data"
-[ocpp]
-port = 0
-[control]
-socket = "{tmp_path}/ctl.sock"
-[[chargers]]
-id = "CP1"
-password = "token-lists-charger-secret"
-connectors = 1
-[uplink]
-enabled = true
-port = {broker.port}
-reconnect_max = 1
-"""
-        )
-        cfg = load_config(conf)
-        gw = Gateway(cfg)
-        uplink = gw.uplink
-        assert uplink is not None
-        emsp = SimEmsp("127.0.0.1", broker.port)
-        emsp.start()
-        gw_task = asyncio.create_task(gw.run(announce=False))
-        try:
-            await emsp.wait_connected()
-            await emsp.wait_for(lambda: uplink.connected, 20, "gateway connected to the broker")
+        async with uplink_site(tmp_path, SITE, [("CP1", "token-lists-charger-secret", 1)]) as site:
+            gw, emsp = site.gw, site.emsp
             rng = random.Random(11)
             statuses = ("Accepted", "Accepted", "Accepted", "Blocked", "Expired")
             tokens: list[dict[str, Any]] = [
@@ -125,10 +95,5 @@ reconnect_max = 1
             assert "RF0000000000" not in gw.store.read(listed)
             print(json.dumps({"token_list_parts": len(parts), "tokens": TOKENS, "sent_parts": len(sends),
                               "deliver_and_apply_s": round(elapsed, 2)}))  # fmt: skip
-        finally:
-            gw.stop()
-            await gw_task
-            await emsp.stop()
-            broker.stop()
 
     asyncio.run(main())
