@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,31 +14,9 @@ import pytest
 from gateway.store import Store
 from gateway.uplink.cdr import build_session_record
 from gateway.uplink.downlink import MAX_RESERVATION_S, Downlink
+from tests.uplink.test_downlink import Chargers
 
 NOW = 1_795_000_000.0  # 2026-11-18T11:06:40Z
-
-
-class Chargers:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, dict[str, Any]]] = []
-
-    def connected(self) -> list[str]:
-        return ["CP1"]
-
-    async def call(
-        self, charger_id: str, action: str, payload: dict[str, Any], timeout: float | None = None
-    ) -> dict[str, Any]:
-        self.calls.append((charger_id, action, payload))
-        return {"status": "Accepted"}
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(tmp_path / "data")
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def run(dl: Downlink, op: str, args: dict[str, Any], cid: str = "c1") -> dict[str, Any]:

@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import cbor2
-import pytest
 
 from gateway.auth import tokenstore as ts
 from gateway.auth.service import AuthService
@@ -19,15 +16,6 @@ from gateway.store import Store
 from gateway.uplink.downlink import Downlink
 from gateway.uplink.tokenparts import Limits
 from gateway.uplink.tokenstaging import TokenListStaging
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(tmp_path / "data")
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def tokens(n: int, status: str = "Accepted") -> list[dict[str, Any]]:
