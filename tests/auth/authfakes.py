@@ -1,9 +1,11 @@
-"""Test doubles for the auth tests: an eMSP authorizer and a charger with an OCPP local list (pure fakes)."""
+"""Test doubles for the auth tests: an eMSP authorizer and a charger with an OCPP local list (pure fakes), and the
+`chargegate tokens` CLI run in process."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 from gateway.auth.emsp import EmspAuthAnswer
@@ -117,3 +119,10 @@ def insert_transaction(
     )
     assert cur.lastrowid is not None
     return cur.lastrowid
+
+
+def cli(site: Path, *args: str) -> int:
+    """`chargegate tokens ARGS --config SITE` in this process; its exit code."""
+    from gateway.auth.cli import main
+
+    return main(["tokens", *args, "--config", str(site)])

@@ -10,25 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from authfakes import cli
 
 from gateway.auth import tokenstore as ts
-from gateway.auth.cli import main
 from gateway.auth.service import AuthService
 from gateway.auth.settings import AuthSection
 from gateway.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Path:
-    cfg = tmp_path / "site.toml"
-    cfg.write_text('[site]\nid = "t"\ndata_dir = "data"\n[auth]\noffline_policy = "reject"\n')
-    return cfg
-
-
-def cli(site: Path, *args: str) -> int:
-    return main(["tokens", *args, "--config", str(site)])
 
 
 def test_import_csv_and_json_then_list_and_show(

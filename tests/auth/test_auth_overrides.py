@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from authfakes import EmspDouble, FakeCharger, FakeCommands
+from authfakes import EmspDouble, FakeCharger, FakeCommands, cli
 
 from gateway import events
 from gateway.auth import overrides
 from gateway.auth import tokenstore as ts
 from gateway.auth.charger_lists import ChargerLists
-from gateway.auth.cli import main
 from gateway.auth.decision import AuthDecision, Facts, LocalEntry, Policy, Request, evaluate
 from gateway.auth.emsp import EmspAuthAnswer
 from gateway.auth.service import AuthService, answer_before_commit
@@ -256,15 +255,6 @@ def test_the_emsp_is_not_asked_about_an_overridden_token(store: Store) -> None:
 
 
 # -- CLI --------------------------------------------------------------------------------------------------------
-@pytest.fixture
-def site(tmp_path: Path) -> Path:
-    cfg = tmp_path / "site.toml"
-    cfg.write_text('[site]\nid = "t"\ndata_dir = "data"\n[auth]\noffline_policy = "reject"\n')
-    return cfg
-
-
-def cli(site: Path, *args: str) -> int:
-    return main(["tokens", *args, "--config", str(site)])
 
 
 def test_cli_allow_show_list_block_and_end(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
